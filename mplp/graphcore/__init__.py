@@ -1,0 +1,27 @@
+"""The graph runtime: schemas, the multigraph, the scheduler and the compiler to JAX.
+
+Graphcore runs any graph of registered node kinds; it knows nothing of dense layers or data sets.
+"""
+
+from mplp.graphcore.compiler import Program as Program
+from mplp.graphcore.compiler import State as State
+from mplp.graphcore.compiler import compile_graph as compile_graph
+from mplp.graphcore.errors import GraphError as GraphError
+from mplp.graphcore.graph import BackwardStep as BackwardStep
+from mplp.graphcore.graph import ForwardStep as ForwardStep
+from mplp.graphcore.graph import Schedule as Schedule
+from mplp.graphcore.graph import build_schedule as build_schedule
+from mplp.graphcore.graph import to_networkx as to_networkx
+from mplp.graphcore.graph import validate_graph as validate_graph
+from mplp.graphcore.kinds import FieldSpec as FieldSpec
+from mplp.graphcore.kinds import Fields as Fields
+from mplp.graphcore.kinds import NodeKind as NodeKind
+from mplp.graphcore.kinds import get_kind as get_kind
+from mplp.graphcore.kinds import register_kind as register_kind
+from mplp.graphcore.kinds import registered_kinds as registered_kinds
+from mplp.graphcore.learning import GroupInfo as GroupInfo
+from mplp.graphcore.learning import Learner as Learner
+from mplp.graphcore.learning import LearnerParams as LearnerParams
+from mplp.graphcore.schema import Arrow as Arrow
+from mplp.graphcore.schema import Graph as Graph
+from mplp.graphcore.schema import Group as Group
