@@ -225,7 +225,8 @@ class Program:
     def _info(self, group: str) -> GroupInfo:
         specs = self.field_specs[group]
         parameters = tuple(name for name, spec in specs.items() if spec.role == "parameter")
-        return GroupInfo(self.graph.group(group), self.kinds[group], parameters)
+        sends = any(step.group == group and step.receivers for step in self.schedule.backward)
+        return GroupInfo(self.graph.group(group), self.kinds[group], parameters, sends)
 
     def _params(self, state: State, group: str) -> Fields:
         specs = self.field_specs[group]

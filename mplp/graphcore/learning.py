@@ -7,7 +7,8 @@ the learner parameters (meta-training) or vmapped over an outer batch of tasks.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import jax
@@ -23,12 +24,14 @@ class GroupInfo(NamedTuple):
     """Static description of one group as a learner sees it.
 
     ``parameters`` names the group's trainable fields (those the kind's ``init_params``
-    returns), in order.
+    returns), in order. ``sends_messages`` is False when no backward arrow leaves the group
+    (e.g. the first layer), so its outgoing message is dropped.
     """
 
     group: Group
     kind: NodeKind
     parameters: tuple[str, ...] = ()
+    sends_messages: bool = True
 
 
 class Learner(NamedTuple):
@@ -50,6 +53,8 @@ class Learner(NamedTuple):
         default_aggregate: The aggregation that builders use with this learner.
         exact_gradient: True when messages are exact gradients; then every backward arrow
             must aggregate with ``sum`` for the messages to stay exact.
+        options: The settings the learner was built with (e.g. ``sharing``), for inspection,
+            checkpoints and tools that need them.
     """
 
     name: str
@@ -61,3 +66,4 @@ class Learner(NamedTuple):
     ]
     default_aggregate: str = "mean"
     exact_gradient: bool = False
+    options: Mapping[str, Any] = MappingProxyType({})

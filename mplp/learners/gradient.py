@@ -9,6 +9,7 @@ because the local gradients come from `jax.vjp` of that function.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -74,5 +75,6 @@ def gradient(learning_rate: float = 0.1) -> Learner:
         backward=backward,
         default_aggregate="sum",
         exact_gradient=True,
+        options=MappingProxyType({"learning_rate": learning_rate}),
     )
 
