@@ -68,7 +68,7 @@ class Program:
         Parameters come from each node kind's ``init_params``; stored values and learner
         carries start at zero.
         """
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise GraphError(f"batch_size {batch_size!r} is invalid: pass a positive integer")
 
         keys = jax.random.split(key, len(self.graph.groups))

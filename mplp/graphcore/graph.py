@@ -147,6 +147,11 @@ def _check_arrow(graph: Graph, arrow: Arrow, kinds: Mapping[str, NodeKind]) -> N
             "use kind 'reflexive' for an arrow from a group to itself"
         )
     if arrow.kind == "backward":
+        if kinds[arrow.target].is_input:
+            raise GraphError(
+                f"backward arrow '{arrow.name}' ends at input group '{arrow.target}', which "
+                "has no state for a learner to update: remove the arrow"
+            )
         return
 
     source_kind, target_kind = kinds[arrow.source], kinds[arrow.target]

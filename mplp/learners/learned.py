@@ -84,6 +84,11 @@ def learned_learner(
     With ``pass_gradient`` every message gets one more channel holding the exact gradient
     (computed with `jax.vjp` as in the gradient learner), and parameter nodes also read their
     own per-example gradient: the combination the MPLP paper suggests as a next step.
+
+    NOTE: the gradient channel is exact only where each group receives messages over one
+    backward arrow, or its incoming arrows aggregate with ``sum``: the program combines the
+    messages of several senders with the arrows' aggregation, and ``mean`` divides the
+    gradient by the number of senders.
     """
     _check_positive_int("message_size", message_size)
     if sharing not in SHARING_MODES:
@@ -95,6 +100,16 @@ def learned_learner(
     total_size = message_size + 1 if pass_gradient else message_size
 
     def init(key: Array, groups: Sequence[GroupInfo]) -> LearnerParams:
+        # A shared rule needs an update (message) output when any group that uses it has
+        # parameters (sends messages), not only the first such group in schedule order.
+        slot_updates: dict[str, bool] = {}
+        slot_messages: dict[str, bool] = {}
+        for info in groups:
+            slot = rule_slot(info, sharing)
+            has_update = info.kind.update_field is not None
+            slot_updates[slot] = slot_updates.get(slot, False) or has_update
+            slot_messages[slot] = slot_messages.get(slot, False) or info.sends_messages
+
         rule_params: dict[str, Any] = {}
         standardisers: dict[str, Any] = {}
         outputs: dict[str, Any] = {}
@@ -105,7 +120,11 @@ def learned_learner(
             if slot not in rule_params:
                 key, rule_key = jax.random.split(key)
                 rule_params[slot] = spec.init(
-                    rule_key, sum(sizes.values()), learned_size, has_update, info.sends_messages
+                    rule_key,
+                    sum(sizes.values()),
+                    learned_size,
+                    slot_updates[slot],
+                    slot_messages[slot],
                 )
             std_slot = standardiser_slot(info, sharing)
             standardisers.setdefault(

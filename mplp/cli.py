@@ -1,0 +1,312 @@
+"""The ``mplp`` command: meta-train an experiment, evaluate a run, list the experiments.
+
+Usage::
+
+    mplp train sinusoid --out runs/sinusoid [--steps N] [--seed S] [--resume] [--data-dir D]
+    mplp evaluate runs/sinusoid [--runs N] [--seed S] [--data-dir D] [--transfer step]
+    mplp evaluate --pretrained sinusoid [--out DIR]
+    mplp experiments
+
+Invalid arguments and unusable run folders end the command with one line on stderr and exit
+status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from mplp.graphcore import GraphError
+from mplp.meta.checkpoint import CheckpointError
+from mplp.meta.config import EXPERIMENTS, ConfigError, ExperimentConfig, get_experiment
+from mplp.meta.evaluation import (
+    TRANSFERS,
+    EvaluationResult,
+    evaluate,
+    format_table,
+    transfer_overrides,
+)
+from mplp.meta.figures import plot_evaluation
+from mplp.meta.optim import NonFiniteUpdateError
+from mplp.meta.setup import build_experiment
+from mplp.meta.trainer import CONFIG_NAME, load_run, read_run_config, train
+from mplp.pretrained import pretrained_dir
+from mplp.tasks.mnist_io import MnistDataError
+
+PROGRAM = "mplp"
+EVALUATION_JSON = "evaluation.json"
+EVALUATION_PNG = "evaluation.png"
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+logger = logging.getLogger(PROGRAM)
+
+# Errors that come from the user's input or files: reported as one line, exit status 2.
+_USAGE_ERRORS = (ConfigError, CheckpointError, MnistDataError, GraphError, FileNotFoundError)
+
+
+class _UsageError(Exception):
+    """Invalid command-line arguments, reported like an argparse error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports errors as one line, without the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        _configure_logging()
+        return int(args.handler(args))
+    except _UsageError as error:
+        return _fail(str(error), EXIT_USAGE)
+    except _USAGE_ERRORS as error:
+        return _fail(_describe(error), EXIT_USAGE)
+    except NonFiniteUpdateError as error:
+        return _fail(f"training stopped: {error}", EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the parser of the ``mplp`` command and its subcommands."""
+    parser = _Parser(
+        prog=PROGRAM,
+        description="Meta-learn learning rules with the Message Passing Learning Protocol.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    train_parser = commands.add_parser(
+        "train",
+        help="meta-train an experiment into a run folder",
+        description="Meta-train an experiment. Progress is logged to stderr, and the run "
+        "folder receives config.json, metrics.jsonl and checkpoints.",
+    )
+    train_parser.add_argument(
+        "experiment",
+        help="built-in experiment name (see 'mplp experiments') or a .json path; with "
+        "--resume, the run's stored config.json is used and EXPERIMENT must have its name",
+    )
+    train_parser.add_argument("--out", required=True, type=Path, help="run folder to write")
+    train_parser.add_argument(
+        "--steps", type=_positive_int, help="total meta-steps (overrides meta_steps)"
+    )
+    train_parser.add_argument("--seed", type=int, help="random seed (overrides seed)")
+    train_parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint; --steps may extend it",
+    )
+    train_parser.add_argument("--data-dir", type=Path, help="folder with the MNIST .gz files")
+    train_parser.set_defaults(handler=run_train)
+
+    evaluate_parser = commands.add_parser(
+        "evaluate",
+        help="evaluate a trained learner against the baselines",
+        description="Train fresh networks with the learned rule and the baselines, print the "
+        f"table of the last step and write {EVALUATION_JSON} and {EVALUATION_PNG}.",
+    )
+    evaluate_parser.add_argument(
+        "run_dir", nargs="?", type=Path, help="run folder of 'mplp train' (omit with --pretrained)"
+    )
+    evaluate_parser.add_argument(
+        "--runs", type=_positive_int, help="evaluation runs (default: evaluation_runs of the run)"
+    )
+    evaluate_parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    evaluate_parser.add_argument("--data-dir", type=Path, help="folder with the MNIST .gz files")
+    evaluate_parser.add_argument(
+        "--pretrained", metavar="NAME", help="evaluate a pretrained learner shipped with mplp"
+    )
+    evaluate_parser.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the results (default: the run folder, or the current folder with "
+        "--pretrained)",
+    )
+    evaluate_parser.add_argument(
+        "--transfer",
+        action="append",
+        choices=TRANSFERS,
+        default=[],
+        help="MNIST only: also evaluate on a step-activation network (step) or a 784-100-10 "
+        "network on 28x28 images (784); repeat to run both",
+    )
+    evaluate_parser.set_defaults(handler=run_evaluate)
+
+    experiments_parser = commands.add_parser(
+        "experiments",
+        help="list the built-in experiments",
+        description="List built-in experiments with their description.",
+    )
+    experiments_parser.set_defaults(handler=run_experiments)
+    return parser
+
+
+# Subcommands.
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Meta-train the experiment of ``args`` into ``args.out``."""
+    if args.resume:
+        config = _resume_config(args)
+    else:
+        config = get_experiment(args.experiment)
+        config = _with_overrides(config, steps=args.steps, seed=args.seed)
+
+    action = "resuming" if args.resume else "training"
+    logger.info(
+        "%s %s in %s: %d meta-steps, seed %d",
+        action,
+        config.name,
+        args.out,
+        config.meta_steps,
+        config.seed,
+    )
+    summary = train(config, args.out, resume=args.resume, data_dir=args.data_dir)
+    logger.info(
+        "done: meta-step %d, %d skipped updates, run folder %s",
+        summary["step"],
+        summary["skipped_updates"],
+        summary["out_dir"],
+    )
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a run folder or a pretrained learner and write the results."""
+    source, out_dir = _evaluation_folders(args)
+    config, step, meta_state = load_run(source, data_dir=args.data_dir)
+    # Checked before the first evaluation, so an invalid transfer fails at once.
+    transfers = {name: transfer_overrides(config, name) for name in args.transfer}
+    runs = args.runs or config.evaluation_runs
+    logger.info("evaluating %s at meta-step %d: %d runs, seed %d", source, step, runs, args.seed)
+
+    experiment = build_experiment(config, args.data_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = evaluate(experiment, meta_state, runs=runs, seed=args.seed, data_dir=args.data_dir)
+    _report(result, out_dir, "evaluation")
+
+    for name, (network, task) in transfers.items():
+        logger.info("evaluating the %s transfer", name)
+        transferred = evaluate(
+            experiment,
+            meta_state,
+            runs=runs,
+            seed=args.seed,
+            network=network,
+            task=task,
+            data_dir=args.data_dir,
+            transfer=name,
+        )
+        _report(transferred, out_dir, f"evaluation-transfer-{name}")
+    return 0
+
+
+def run_experiments(args: argparse.Namespace) -> int:
+    """Print each built-in experiment's name and description."""
+    del args
+    width = max(len(name) for name in EXPERIMENTS)
+    for name, config in EXPERIMENTS.items():
+        print(f"{name.ljust(width)}  {config.description}")
+    return 0
+
+
+# Helpers.
+
+
+def _resume_config(args: argparse.Namespace) -> ExperimentConfig:
+    """Read the stored configuration of the run in ``args.out`` and check it against ``args``."""
+    stored = read_run_config(args.out)
+    requested = args.experiment
+    if requested != stored.name:
+        stored_path = (args.out / CONFIG_NAME).resolve()
+        same_file = requested.endswith(".json") and Path(requested).resolve() == stored_path
+        name = stored.name if same_file else get_experiment(requested).name
+        if name != stored.name:
+            raise _UsageError(
+                f"{args.out} holds a run of experiment '{stored.name}', not '{name}': pass "
+                f"'{stored.name}' to resume it, or choose a new --out folder"
+            )
+    if args.seed is not None and args.seed != stored.seed:
+        raise _UsageError(
+            f"--seed {args.seed} differs from the run's seed {stored.seed}: a resumed run keeps "
+            "its seed"
+        )
+    return _with_overrides(stored, steps=args.steps, seed=None)
+
+
+def _with_overrides(
+    config: ExperimentConfig, *, steps: int | None, seed: int | None
+) -> ExperimentConfig:
+    update: dict[str, int] = {}
+    if steps is not None:
+        update["meta_steps"] = steps
+    if seed is not None:
+        update["seed"] = seed
+    return config.model_copy(update=update) if update else config
+
+
+def _evaluation_folders(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Return the folder to load the learner from and the folder to write the results to."""
+    if args.pretrained is not None:
+        if args.run_dir is not None:
+            raise _UsageError("pass either a run folder or --pretrained, not both")
+        return pretrained_dir(args.pretrained), args.out or Path.cwd()
+    if args.run_dir is None:
+        raise _UsageError("a run folder is required unless --pretrained is given")
+    return args.run_dir, args.out or args.run_dir
+
+
+def _report(result: EvaluationResult, out_dir: Path, stem: str) -> None:
+    """Print the table of ``result`` and write ``stem.json`` and ``stem.png`` in ``out_dir``."""
+    print(format_table(result))
+    print()
+    json_path = out_dir / f"{stem}.json"
+    json_path.write_text(result.to_json())
+    png_path = plot_evaluation(result, out_dir / f"{stem}.png")
+    logger.info("wrote %s and %s", json_path, png_path)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _describe(error: Exception) -> str:
+    """Return a one-line description of an error, with the file name for OS errors."""
+    if isinstance(error, FileNotFoundError) and error.filename is not None:
+        return f"file not found: {error.filename}"
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _fail(message: str, status: int) -> int:
+    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
+    return status
+
+
+def _configure_logging() -> None:
+    # Progress messages of mplp at INFO, other libraries at their default WARNING. basicConfig
+    # adds no handler when the root logger already has one (an embedding application, or
+    # pytest's log capture).
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    logging.getLogger(PROGRAM).setLevel(logging.INFO)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
