@@ -42,6 +42,8 @@ EVALUATION_JSON = "evaluation.json"
 EVALUATION_PNG = "evaluation.png"
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+# The shell convention for a process ended by SIGINT: 128 + 2.
+EXIT_INTERRUPTED = 130
 
 logger = logging.getLogger(PROGRAM)
 
@@ -74,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteUpdateError as error:
         return _fail(f"training stopped: {error}", EXIT_FAILURE)
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted", EXIT_INTERRUPTED)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -234,7 +236,7 @@ def _resume_config(args: argparse.Namespace) -> ExperimentConfig:
         name = stored.name if same_file else get_experiment(requested).name
         if name != stored.name:
             raise _UsageError(
-                f"{args.out} holds a run of experiment '{stored.name}', not '{name}': pass "
+                f"{args.out} contains a run of experiment '{stored.name}', not '{name}': pass "
                 f"'{stored.name}' to resume it, or choose a new --out folder"
             )
     if args.seed is not None and args.seed != stored.seed:

@@ -61,7 +61,7 @@ def reference_per_example_loss(prediction: Array, target: Array, loss: str) -> A
         return -jnp.sum(target * jnp.log(clipped), axis=-1)
     if loss == "l2":
         return jnp.sum(0.5 * (prediction - target) ** 2, axis=-1)
-    raise ValueError(f"unknown loss {loss!r}")
+    raise ValueError(f"loss {loss!r} is invalid: use 'l2' or 'cross_entropy'")
 
 
 @partial(jax.jit, static_argnames=("activation", "loss"))

@@ -86,9 +86,9 @@ LEAKY_TRACE = NodeKind(
 )
 
 
-def trace_mlp_graph(kind_name: str = "leaky_trace") -> Graph:
-    """input(3) -> dense0 -> bias0 -> trace(4) -> dense1 -> bias1 -> l2 loss(2), with a
-    reflexive arrow on the trace group."""
+def trace_mlp_graph(kind_name: str = "leaky_trace", reflexive_count: int = 1) -> Graph:
+    """input(3) -> dense0 -> bias0 -> trace(4) -> dense1 -> bias1 -> l2 loss(2), with
+    ``reflexive_count`` reflexive arrows on the trace group."""
     groups = (
         Group(name="input", kind="input", shape=(3,)),
         Group(name="dense0", kind="dense", shape=(3, 4), options={"init_std": 0.5}),
@@ -106,8 +106,11 @@ def trace_mlp_graph(kind_name: str = "leaky_trace") -> Graph:
         ("dense1", "bias1"),
         ("bias1", "loss"),
     ]
-    reflexive = Arrow(name="decay", kind="reflexive", source="trace", target="trace")
-    return Graph(groups=groups, arrows=(*chain_arrows(pairs), reflexive))
+    reflexive = tuple(
+        Arrow(name=f"decay{index}", kind="reflexive", source="trace", target="trace")
+        for index in range(reflexive_count)
+    )
+    return Graph(groups=groups, arrows=(*chain_arrows(pairs), *reflexive))
 
 
 @pytest.fixture
@@ -116,8 +119,11 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kinds, "_REGISTRY", dict(kinds._REGISTRY))
 
 
-def check_trace_program(program: mplp.Program) -> None:
-    """Run 3 steps and compare the trace and the parameters with a plain-JAX computation."""
+def check_trace_program(program: mplp.Program, reflexive_count: int = 1) -> None:
+    """Run 3 steps and compare the trace and the parameters with a plain-JAX computation.
+
+    Each reflexive arrow applies the decay once per step, all to the same stored input.
+    """
     steps, batch = 3, 4
     state = program.init(jax.random.key(0), batch)
     xs, targets = random_batch(0, (steps, batch), 3, 2, "l2")
@@ -130,7 +136,8 @@ def check_trace_program(program: mplp.Program) -> None:
     for x, target in zip(xs, targets, strict=True):
         first_weights, first_biases = layers[0]
         hidden = x @ first_weights + first_biases
-        trace = TRACE_DECAY * trace + (1.0 - TRACE_DECAY) * np.abs(hidden).mean(axis=0)
+        for _ in range(reflexive_count):
+            trace = TRACE_DECAY * trace + (1.0 - TRACE_DECAY) * np.abs(hidden).mean(axis=0)
         layers, _ = reference_sgd_step(layers, x, target, LEARNING_RATE, "identity", "l2")
 
     assert np.abs(trace).min() > 1e-3
@@ -142,14 +149,15 @@ def check_trace_program(program: mplp.Program) -> None:
         np.testing.assert_allclose(biases, expected_biases, rtol=RTOL, atol=ATOL)
 
 
-def test_custom_kind_via_argument() -> None:
+@pytest.mark.parametrize("reflexive_count", [1, 2])
+def test_custom_kind_via_argument(reflexive_count: int) -> None:
     program = mplp.compile_graph(
-        trace_mlp_graph(),
+        trace_mlp_graph(reflexive_count=reflexive_count),
         mplp.learners.gradient(LEARNING_RATE),
         kinds={"leaky_trace": LEAKY_TRACE},
     )
 
-    check_trace_program(program)
+    check_trace_program(program, reflexive_count)
 
 
 def test_custom_kind_via_registry(isolated_registry: None) -> None:
@@ -270,7 +278,7 @@ def test_reflexive_runs_after_backward() -> None:
 
     steps = {step.group: step for step in program.schedule.backward}
 
-    assert steps["trace"].reflexive == ("decay",)
+    assert steps["trace"].reflexive == ("decay0",)
     assert steps["dense0"].reflexive == ()
     assert program.schedule.reflexive_only == ()
 
@@ -290,9 +298,7 @@ def recording_learner(aggregate_exact: bool) -> mplp.Learner:
         new_fields, message_out, aux = gradient.backward(params, info, fields, message, aggregate)
         return new_fields, message_out, {**aux, "message": message}
 
-    return gradient._replace(
-        name="recording", backward=backward, exact_gradient=aggregate_exact
-    )
+    return gradient._replace(name="recording", backward=backward, exact_gradient=aggregate_exact)
 
 
 @pytest.mark.parametrize("aggregate", ["sum", "mean"])

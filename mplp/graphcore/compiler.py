@@ -10,6 +10,7 @@ the kind. The structure is fixed by the graph, so every function here works unde
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,7 +19,7 @@ import jax.numpy as jnp
 
 from mplp.graphcore.errors import GraphError
 from mplp.graphcore.graph import BackwardStep, Schedule, build_schedule, validate_graph
-from mplp.graphcore.kinds import FieldSpec, Fields, NodeKind
+from mplp.graphcore.kinds import Fields, FieldSpec, NodeKind
 from mplp.graphcore.learning import GroupInfo, Learner, LearnerParams
 from mplp.graphcore.schema import Graph
 
@@ -68,7 +69,10 @@ class Program:
         Parameters come from each node kind's ``init_params``; stored values and learner
         carries start at zero.
         """
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral):
+            raise GraphError(f"batch_size {batch_size!r} is invalid: pass a positive integer")
+        batch_size = int(batch_size)
+        if batch_size < 1:
             raise GraphError(f"batch_size {batch_size!r} is invalid: pass a positive integer")
 
         keys = jax.random.split(key, len(self.graph.groups))
@@ -122,8 +126,9 @@ class Program:
         new_state = {group: dict(fields) for group, fields in state.items()}
         for group, fields in parameters.items():
             if group not in current:
+                reason = "it has no parameters" if group in state else "no such group"
                 raise GraphError(
-                    f"cannot replace parameters of '{group}': it has none; groups with "
+                    f"cannot replace parameters of '{group}': {reason}; groups with "
                     f"parameters: {', '.join(current)}"
                 )
             for name, value in fields.items():
@@ -151,7 +156,9 @@ class Program:
         self._check_target(target, x.shape[0])
         prediction = self._forward(state, x)[self.schedule.output_group]
         loss_kind = self.kinds[self.schedule.loss_group]
-        elementwise = loss_kind.apply(self._params(state, self.schedule.loss_group), prediction, target)
+        elementwise = loss_kind.apply(
+            self._params(state, self.schedule.loss_group), prediction, target
+        )
         return _per_example(elementwise).mean()
 
     def step(
@@ -230,8 +237,9 @@ class Program:
 
     def _params(self, state: State, group: str) -> Fields:
         specs = self.field_specs[group]
-        return {name: value for name, value in state[group].items()
-                if specs[name].role == "parameter"}
+        return {
+            name: value for name, value in state[group].items() if specs[name].role == "parameter"
+        }
 
     def _forward(
         self,

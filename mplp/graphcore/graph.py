@@ -223,9 +223,19 @@ def _check_forward_acyclic(graph: Graph) -> None:
 
 
 def _check_backward_mirrors(graph: Graph) -> None:
-    forward_pairs = {
-        (arrow.source, arrow.target) for arrow in graph.arrows if arrow.kind == "forward"
-    }
+    forward_pairs: dict[tuple[str, str], str] = {}
+    for arrow in graph.arrows:
+        if arrow.kind != "forward":
+            continue
+        pair = (arrow.source, arrow.target)
+        if pair in forward_pairs:
+            # The forward pass would add the source twice while the backward pass sends one
+            # message per arrow pair, so the two passes would disagree.
+            raise GraphError(
+                f"forward arrows '{forward_pairs[pair]}' and '{arrow.name}' both go from "
+                f"'{arrow.source}' to '{arrow.target}': keep one of them"
+            )
+        forward_pairs[pair] = arrow.name
     for arrow in graph.arrows:
         if arrow.kind == "backward" and (arrow.target, arrow.source) not in forward_pairs:
             raise GraphError(

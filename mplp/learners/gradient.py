@@ -54,11 +54,9 @@ def gradient(learning_rate: float = 0.1) -> Learner:
             return kind.apply(weights, x, target)
 
         outputs, pullback = jax.vjp(forward, weights, x)
-        if kind.is_loss:
-            # The seed message is the loss itself, whose derivative with respect to itself is 1.
-            cotangent = jnp.ones_like(outputs)
-        else:
-            cotangent = message[..., 0]
+        # The seed message of a loss group is the loss itself, whose derivative with respect to
+        # itself is 1.
+        cotangent = jnp.ones_like(outputs) if kind.is_loss else message[..., 0]
         weight_sums, input_gradient = pullback(cotangent)
 
         batch = x.shape[0]
@@ -77,4 +75,3 @@ def gradient(learning_rate: float = 0.1) -> Learner:
         exact_gradient=True,
         options=MappingProxyType({"learning_rate": learning_rate}),
     )
-

@@ -1,18 +1,21 @@
 """Evaluation of a meta-trained learner against hand-designed optimizers and MAML.
 
-Every evaluation run starts from a fresh random network (or the learned prior) and a fresh task
-episode, and trains that network for ``config.inner_steps`` steps with each method on the same
-minibatches. After every step, and once before the first, each run records two numbers:
+Every evaluation run draws a fresh random network and a fresh task episode, and trains that
+network for ``config.inner_steps`` steps with each method on the same minibatches. The learned
+rule starts from the learned prior instead when the experiment learns one, and MAML always starts
+from its own prior. After every step, and once before the first, each run records two numbers:
 
-* the evaluation metric: for sinusoids the L2 loss (`Program.loss`, the mean over points of the
-  per-example loss) on 100 evenly spaced inputs on [-5, 5] against the true function, and for
-  MNIST the accuracy in percent on the first ``config.task.test_images`` test images;
-* the training loss: for sinusoids the loss of the current network on every training point seen
-  so far (the first t minibatches after t steps), and for MNIST the loss on the latest minibatch
-  after the update on it. At step 0 both use the first minibatch, which no method has seen yet.
+* the evaluation metric. For sinusoids it is the L2 loss (`Program.loss`, the mean over points
+  of the per-example loss) on 100 evenly spaced inputs on [-5, 5] against the true function.
+  For MNIST it is the accuracy in percent on the first ``config.task.test_images`` test images.
+* the training loss. For sinusoids it is the loss of the current network on every training
+  point seen so far (the first t minibatches after t steps). For MNIST it is the loss on the
+  latest minibatch after the update on it. At step 0 both use the first minibatch, which no
+  method has seen yet.
 
-Runs are vectorised with `jax.vmap` in chunks and each run's randomness comes from the seed and
-the run's index alone, so the same seed gives the same numbers for any chunk size.
+Runs are vectorised with `jax.vmap` in chunks. Each run's randomness comes from the seed and the
+run's index alone, so the same seed gives the same runs for any chunk size (the statistics may
+differ in the last float32 digits when the chunk size changes).
 """
 
 from __future__ import annotations
@@ -156,7 +159,7 @@ _EXAMPLE_FIELDS = ("grid_x", "grid_y", "train_x", "train_y")
 
 @dataclasses.dataclass(frozen=True)
 class EvaluationSettings:
-    """What an evaluation ran on.
+    """Settings of an evaluation.
 
     Attributes:
         experiment: The experiment's name.
@@ -294,7 +297,7 @@ def evaluate(
         experiment: The experiment the learner was meta-trained in.
         meta_state: Its meta-trained state (`load_run`).
         runs: Number of independent runs, each with a new network and a new task episode.
-        seed: Seed of all runs; the same seed gives the same result.
+        seed: Seed of all runs. The same seed gives the same result.
         network: Evaluate on this network instead of the experiment's (a transfer). The
             learner's parameters fit any network whose groups have the same names.
         task: Replace the task settings too, e.g. the MNIST image size for a wider input.
@@ -359,7 +362,7 @@ def sweep_learning_rates(
         optimizer: ``sgd`` or ``adam``.
         rates: Learning rates to try, each positive.
         runs: Runs per rate.
-        seed: Seed of the runs; every rate sees the same networks and episodes.
+        seed: Seed of the runs; every rate uses the same networks and episodes.
 
     Returns:
         ``{rate: mean final training loss}``.

@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from mplp.meta.evaluation import ACCURACY_METRIC, EvaluationResult, MethodResult
 
@@ -75,7 +76,7 @@ def _plot_fit(ax: Axes, result: EvaluationResult, method: MethodResult) -> None:
     )
     predictions = method.example_predictions
     steps = predictions.shape[0] - 1
-    # Earlier steps are drawn fainter; the prediction after the last step is solid.
+    # Earlier steps are drawn fainter, and the prediction after the last step is solid.
     for step in range(steps):
         alpha = 0.15 + 0.5 * step / max(steps, 1)
         ax.plot(example.grid_x, predictions[step], color="tab:blue", alpha=alpha, linewidth=1)
@@ -86,7 +87,7 @@ def _plot_fit(ax: Axes, result: EvaluationResult, method: MethodResult) -> None:
         linewidth=2,
         label=f"prediction after step {steps}",
     )
-    ax.legend(loc="lower left", fontsize="small")
+    ax.legend(loc="best", fontsize="small")
 
 
 def _plot_losses(ax: Axes, method: MethodResult) -> None:
@@ -94,7 +95,7 @@ def _plot_losses(ax: Axes, method: MethodResult) -> None:
     _band(ax, steps, method.metric_mean, method.metric_std, "eval loss", "tab:blue")
     _band(ax, steps, method.train_loss_mean, method.train_loss_std, "train loss", "tab:orange")
     ax.set_xlabel("step")
-    ax.set_xticks(steps)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize="small")
 
 
@@ -112,6 +113,7 @@ def _accuracy_figure(result: EvaluationResult) -> Figure:
     loss_ax.set_ylabel("loss on the latest minibatch")
     for ax in (accuracy_ax, loss_ax):
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize="small")
     figure.suptitle(_title(result))
     return figure

@@ -20,8 +20,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import Mesh
 
 from mplp import learners
+from mplp.meta import distributed
 from mplp.meta.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from mplp.meta.config import ConfigError, ExperimentConfig, parse_config
 from mplp.meta.objective import mean_metrics, task_loss
@@ -113,11 +115,15 @@ def calibrate_learner(experiment: Experiment, learner_params: Any, keys: RunKeys
     return learner_params
 
 
-def make_meta_loss(experiment: Experiment) -> Callable[..., tuple[Array, dict[str, Array]]]:
+def make_meta_loss(
+    experiment: Experiment, mesh: Mesh | None = None
+) -> Callable[..., tuple[Array, dict[str, Array]]]:
     """Build ``loss(trainable, frozen, pool, data, key) -> (meta_loss, metrics)``.
 
     The loss is the mean over an outer batch of tasks (a `jax.vmap`) of each task's
-    meta-loss; with the MAML baseline, its independent meta-loss is added.
+    meta-loss; with the MAML baseline, its independent meta-loss is added. With ``mesh``, the
+    per-task keys are sharded along its ``"tasks"`` axis, so each device runs its share of
+    the tasks.
     """
     config = experiment.config
     program, family, template = experiment.program, experiment.family, experiment.template
@@ -155,6 +161,8 @@ def make_meta_loss(experiment: Experiment) -> Callable[..., tuple[Array, dict[st
         trainable: dict, frozen: dict, pool: Any, data: Any, key: Array
     ) -> tuple[Array, dict[str, Array]]:
         keys = jax.random.split(key, config.outer_batch)
+        if mesh is not None:
+            keys = distributed.shard_task_keys(keys, mesh)
         losses, metrics = jax.vmap(one_task, in_axes=(None, None, None, None, 0))(
             trainable, frozen, pool, data, keys
         )
@@ -163,14 +171,24 @@ def make_meta_loss(experiment: Experiment) -> Callable[..., tuple[Array, dict[st
     return meta_loss
 
 
-def make_meta_step(experiment: Experiment) -> Callable[..., Any]:
+def make_meta_step(experiment: Experiment, mesh: Mesh | None = None) -> Callable[..., Any]:
     """Build the jitted meta-step.
 
     ``step(meta_state, pool, data, key) -> (meta_state, applied, metrics)``: the meta-gradient
     through the whole unroll, each tensor normalised to unit norm, then Adam; skipped (state
     unchanged, ``applied`` False) when the loss or a gradient is not finite.
+
+    With ``mesh`` (see `mplp.meta.distributed.task_mesh`), the outer batch of tasks is split
+    across the mesh's devices. Every argument and result is replicated on all of them, and
+    the meta-gradient is the mean over all tasks, as without a mesh.
+
+    Raises:
+        ConfigError: ``mesh`` is not a 1-D ``"tasks"`` mesh, or its device count does not
+            divide ``outer_batch``.
     """
-    meta_loss = make_meta_loss(experiment)
+    if mesh is not None:
+        distributed.check_task_mesh(mesh, experiment.config.outer_batch)
+    meta_loss = make_meta_loss(experiment, mesh)
     optimizer = meta_optimizer(experiment.config.meta_learning_rate)
     gradient_fn = jax.value_and_grad(meta_loss, has_aux=True)
 
@@ -184,7 +202,10 @@ def make_meta_step(experiment: Experiment) -> Callable[..., Any]:
         metrics["gradient_norm"] = optax.global_norm(grads)
         return MetaState(trainable, meta_state.frozen, opt_state), applied, metrics
 
-    return jax.jit(step)
+    if mesh is None:
+        return jax.jit(step)
+    replicated = distributed.replicated_sharding(mesh)
+    return jax.jit(step, in_shardings=replicated, out_shardings=replicated)
 
 
 def train(
@@ -194,6 +215,8 @@ def train(
     resume: bool = False,
     data_dir: str | Path | None = None,
     meta_step_fn: Callable[..., Any] | None = None,
+    devices: int | None = None,
+    mesh: Mesh | None = None,
 ) -> dict[str, Any]:
     """Meta-train ``config`` into the run folder ``out_dir``.
 
@@ -205,15 +228,25 @@ def train(
         resume: Continue from the last checkpoint.
         data_dir: Folder with the MNIST files, for MNIST experiments.
         meta_step_fn: Replaces the jitted meta-step (tests use it to inject failures).
+        devices: Split the outer batch across the first ``devices`` of ``jax.devices()``.
+        mesh: Split the outer batch across this 1-D mesh with the axis ``"tasks"``, for
+            example `mplp.meta.distributed.global_mesh` in a multi-host run. Pass at most
+            one of ``devices`` and ``mesh``. Without either, the run uses the default
+            device. The device count changes only the float rounding of the results, and a
+            run may resume with another device count.
 
     Returns:
         A summary: the final step, the last metrics and the number of skipped updates.
 
     Raises:
-        ConfigError: for a folder that holds another run, or a resume without a checkpoint.
+        ConfigError: for a folder that holds another run, a resume without a checkpoint, more
+            devices than available, or a device count that does not divide ``outer_batch``.
         NonFiniteUpdateError: after ``config.max_nonfinite`` skipped updates in a row.
     """
     out = Path(out_dir)
+    task_mesh = distributed.resolve_mesh(devices, mesh)
+    if task_mesh is not None:
+        distributed.check_task_mesh(task_mesh, config.outer_batch)
     experiment = build_experiment(config, data_dir)
     keys = run_keys(config.seed)
     pool = experiment.initial_pool(keys.pool) if not config.learn_prior else {}
@@ -221,21 +254,26 @@ def train(
     if resume:
         start, meta_state = _resume(out, experiment, keys)
     else:
-        _prepare_new_run(out, config)
+        # In a multi-process run, only process 0 writes the run folder.
+        if distributed.is_main_process():
+            _prepare_new_run(out, config)
         meta_state = initial_meta_state(experiment, keys, calibrate=True)
         start = 0
         _save(out, 0, meta_state, config)
 
-    step_fn = meta_step_fn or make_meta_step(experiment)
+    data = experiment.family.data
+    if task_mesh is not None:
+        meta_state, pool, data = distributed.replicate((meta_state, pool, data), task_mesh)
+    step_fn = meta_step_fn or make_meta_step(experiment, task_mesh)
     counter = SkippedUpdateCounter(config.max_nonfinite)
     metrics: dict[str, float] = {}
     started = time.perf_counter()
-    with (out / METRICS_NAME).open("a") as metrics_file:
+    # Processes other than process 0 write their metric lines to the null device.
+    metrics_path = out / METRICS_NAME if distributed.is_main_process() else Path(os.devnull)
+    with metrics_path.open("a") as metrics_file:
         for step in range(start, config.meta_steps):
             key = jax.random.fold_in(keys.train, step)
-            candidate, applied, raw_metrics = step_fn(
-                meta_state, pool, experiment.family.data, key
-            )
+            candidate, applied, raw_metrics = step_fn(meta_state, pool, data, key)
             metrics = {name: float(value) for name, value in raw_metrics.items()}
             applied_flag = bool(applied)
             if applied_flag:
@@ -253,7 +291,9 @@ def train(
             done = step + 1
             if done % config.checkpoint_every == 0 or done == config.meta_steps:
                 metrics_file.flush()
-                os.fsync(metrics_file.fileno())
+                if distributed.is_main_process():
+                    # fsync of the null device fails with EINVAL.
+                    os.fsync(metrics_file.fileno())
                 _save(out, done, meta_state, config)
             if done % config.log_every == 0 or done == config.meta_steps:
                 _log_progress(done, start, config.meta_steps, started, metrics)
@@ -321,12 +361,14 @@ def _resume(out: Path, experiment: Experiment, keys: RunKeys) -> tuple[int, Meta
         )
     if not (out / CHECKPOINT_NAME).is_file():
         raise ConfigError(f"no checkpoint in {out}: start the run without --resume")
-    if config != stored:
+    writer = distributed.is_main_process()
+    if writer and config != stored:
         (out / CONFIG_NAME).write_text(config.model_dump_json(indent=2) + "\n")
 
     like = initial_meta_state(experiment, keys, calibrate=False)
     step, tree, _ = load_checkpoint(out, like=_checkpoint_tree(like))
-    _truncate_metrics(out / METRICS_NAME, step)
+    if writer:
+        _truncate_metrics(out / METRICS_NAME, step)
     logger.info("resuming %s from meta-step %d", out, step)
     return step, MetaState(tree["trainable"], tree["frozen"], tree["opt_state"])
 
@@ -340,9 +382,10 @@ def _checkpoint_tree(meta_state: MetaState) -> dict[str, Any]:
 
 
 def _save(out: Path, step: int, meta_state: MetaState, config: ExperimentConfig) -> None:
-    save_checkpoint(
-        out, step, _checkpoint_tree(meta_state), {"config": config.model_dump(mode="json")}
-    )
+    # The state is replicated on every device of a mesh, so copying it to the host gathers
+    # nothing, and the checkpoint loads on any device count.
+    tree = distributed.fetch_to_host(_checkpoint_tree(meta_state))
+    save_checkpoint(out, step, tree, {"config": config.model_dump(mode="json")})
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

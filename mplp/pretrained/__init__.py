@@ -8,6 +8,7 @@ meta-trained state), so `mplp.meta.trainer.load_run` reads it.
 from __future__ import annotations
 
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from mplp.meta.config import ConfigError
@@ -18,7 +19,7 @@ CHECKPOINT_FILE = "checkpoint.npz"
 
 def available_pretrained() -> tuple[str, ...]:
     """Return the names of the pretrained learners in the installed package, sorted."""
-    root = resources.files(__name__)
+    root = _package_root()
     names = [
         entry.name
         for entry in root.iterdir()
@@ -40,4 +41,8 @@ def pretrained_dir(name: str) -> Path:
         raise ConfigError(f"unknown pretrained learner '{name}'; available: {names}")
     # NOTE: this assumes the package is installed as plain files; a package imported from a
     # zip archive has no real folder to return.
-    return Path(str(resources.files(__name__).joinpath(name)))
+    return Path(str(_package_root().joinpath(name)))
+
+
+def _package_root() -> Traversable:
+    return resources.files(__name__)
