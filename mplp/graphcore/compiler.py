@@ -85,7 +85,9 @@ class Program:
                 if spec.role == "stored":
                     fields[name] = jnp.zeros(_resolve(spec.shape, batch_size), jnp.float32)
             if "carry" in self.field_specs[info.group.name]:
-                fields["carry"] = self.learner.init_carry(info, batch_size)
+                carry = self.learner.init_carry(info, batch_size)
+                assert carry is not None  # the field exists only for learners with a carry
+                fields["carry"] = carry
             state[info.group.name] = fields
         return state
 

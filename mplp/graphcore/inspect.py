@@ -231,6 +231,19 @@ def draw(
     Raises:
         GraphError: if the graph has no layout (see `layered_positions`).
     """
+    figure = _render(graph_or_program, kinds, title, dpi)
+    target = Path(path)
+    figure.savefig(target, format="png")
+    return target
+
+
+def _render(
+    graph_or_program: Graph | Program,
+    kinds: Mapping[str, NodeKind] | None,
+    title: str | None,
+    dpi: int,
+) -> Figure:
+    """Build the matplotlib figure that `draw` saves."""
     # matplotlib is imported here so that `import mplp` does not pay for it.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -296,10 +309,7 @@ def draw(
     axes.margins(x=0.12, y=0.25)
     axes.set_axis_off()
     figure.tight_layout()
-
-    target = Path(path)
-    figure.savefig(target, format="png")
-    return target
+    return figure
 
 
 def _draw_loop(figure: Figure, axes: Axes, center: tuple[float, float], number: int) -> None:

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from mplp.graphcore import GraphError, LearnerParams, Program, State
-from mplp.learners.learned import STD_FLOOR, rule_slot, standardiser_slot
+from mplp.learners.learned import STD_FLOOR, standardiser_slot
 
 Array = jax.Array
 

@@ -86,9 +86,8 @@ def learned_learner(
     own per-example gradient: the combination the MPLP paper suggests as a next step.
 
     NOTE: the gradient channel is exact only where each group receives messages over one
-    backward arrow, or its incoming arrows aggregate with ``sum``: the program combines the
-    messages of several senders with the arrows' aggregation, and ``mean`` divides the
-    gradient by the number of senders.
+    backward arrow or over arrows that aggregate with ``sum``. With ``mean`` the program
+    averages the gradients of several senders instead of adding them.
     """
     _check_positive_int("message_size", message_size)
     if sharing not in SHARING_MODES:
@@ -100,8 +99,8 @@ def learned_learner(
     total_size = message_size + 1 if pass_gradient else message_size
 
     def init(key: Array, groups: Sequence[GroupInfo]) -> LearnerParams:
-        # A shared rule needs an update (message) output when any group that uses it has
-        # parameters (sends messages), not only the first such group in schedule order.
+        # A shared rule gets an update output when any of its groups has parameters, and a
+        # message output when any of them sends messages, whichever group comes first.
         slot_updates: dict[str, bool] = {}
         slot_messages: dict[str, bool] = {}
         for info in groups:
@@ -132,9 +131,7 @@ def learned_learner(
                 {name: {"shift": _scalar(0.0), "scale": _scalar(1.0)} for name in sizes},
             )
             if has_update:
-                outputs.setdefault(
-                    std_slot, {"mean": _scalar(0.0), "scale": _scalar(output_scale)}
-                )
+                outputs.setdefault(std_slot, {"mean": _scalar(0.0), "scale": _scalar(output_scale)})
         return {"rules": rule_params, "standardisers": standardisers, "outputs": outputs}
 
     def init_carry(info: GroupInfo, batch_size: int) -> Array | None:

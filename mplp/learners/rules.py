@@ -131,10 +131,8 @@ def apply_stateless(
         offset += width
 
     update = outputs["f"][..., 0] if "f" in outputs else None
-    if "g" in outputs:
-        messages = outputs["g"]
-    else:
-        messages = jnp.zeros((*leading, message_size), hidden.dtype)
+    # Without g (a group whose message has no receiver) the messages are zeros.
+    messages = outputs.get("g", jnp.zeros((*leading, message_size), hidden.dtype))
     return RuleOutput(update=update, messages=messages, carry=None)
 
 

@@ -74,9 +74,7 @@ def build_program(network: NetworkConfig, learner: Learner) -> Program:
     )
 
 
-def build_task_family(
-    config: ExperimentConfig, data_dir: str | Path | None = None
-) -> TaskFamily:
+def build_task_family(config: ExperimentConfig, data_dir: str | Path | None = None) -> TaskFamily:
     """Build the task family of ``config``: sinusoids, or MNIST minibatches from the training
     set (read from ``data_dir``, ``MPLP_DATA_DIR`` or the download cache)."""
     steps, batch, validation = config.inner_steps, config.inner_batch, config.validation_size
@@ -149,9 +147,7 @@ def build_experiment(config: ExperimentConfig, data_dir: str | Path | None = Non
     program = build_program(config.network, build_learner(config.learner))
     maml_program = None
     if config.maml_baseline:
-        maml_program = build_program(
-            config.network, learners.gradient(config.maml_learning_rate)
-        )
+        maml_program = build_program(config.network, learners.gradient(config.maml_learning_rate))
     template = program.init(jax.random.key(0), config.inner_batch)
     return Experiment(
         config=config,

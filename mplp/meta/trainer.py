@@ -115,15 +115,11 @@ def calibrate_learner(experiment: Experiment, learner_params: Any, keys: RunKeys
     return learner_params
 
 
-def make_meta_loss(
-    experiment: Experiment, mesh: Mesh | None = None
-) -> Callable[..., tuple[Array, dict[str, Array]]]:
-    """Build ``loss(trainable, frozen, pool, data, key) -> (meta_loss, metrics)``.
+def make_task_loss(experiment: Experiment) -> Callable[..., tuple[Array, dict[str, Array]]]:
+    """Build ``loss(trainable, frozen, pool, data, key) -> (task_loss, metrics)`` of one task.
 
-    The loss is the mean over an outer batch of tasks (a `jax.vmap`) of each task's
-    meta-loss; with the MAML baseline, its independent meta-loss is added. With ``mesh``, the
-    per-task keys are sharded along its ``"tasks"`` axis, so each device runs its share of
-    the tasks.
+    ``key`` draws the task's episode and its initial network; with the MAML baseline, the
+    baseline's independent meta-loss is added.
     """
     config = experiment.config
     program, family, template = experiment.program, experiment.family, experiment.template
@@ -157,6 +153,21 @@ def make_meta_loss(
             metrics.update({f"maml_{name}": value for name, value in maml_metrics.items()})
         return loss, metrics
 
+    return one_task
+
+
+def make_meta_loss(
+    experiment: Experiment, mesh: Mesh | None = None
+) -> Callable[..., tuple[Array, dict[str, Array]]]:
+    """Build ``loss(trainable, frozen, pool, data, key) -> (meta_loss, metrics)``.
+
+    The loss is the mean over an outer batch of tasks (a `jax.vmap`) of each task's
+    meta-loss (see `make_task_loss`). With ``mesh``, the per-task keys are sharded along its
+    ``"tasks"`` axis, so each device runs its share of the tasks.
+    """
+    config = experiment.config
+    one_task = make_task_loss(experiment)
+
     def meta_loss(
         trainable: dict, frozen: dict, pool: Any, data: Any, key: Array
     ) -> tuple[Array, dict[str, Array]]:
@@ -178,9 +189,13 @@ def make_meta_step(experiment: Experiment, mesh: Mesh | None = None) -> Callable
     through the whole unroll, each tensor normalised to unit norm, then Adam; skipped (state
     unchanged, ``applied`` False) when the loss or a gradient is not finite.
 
+    The meta-gradient, the meta-loss and the metrics are means over the outer batch, summed
+    task by task in a fixed order (see `_ordered_mean`).
+
     With ``mesh`` (see `mplp.meta.distributed.task_mesh`), the outer batch of tasks is split
-    across the mesh's devices. Every argument and result is replicated on all of them, and
-    the meta-gradient is the mean over all tasks, as without a mesh.
+    across the mesh's devices. Every argument and result is replicated on all of them. Each
+    device computes the gradients of its tasks, and the per-task gradients are gathered on
+    every device before the mean, so the result does not depend on the device count.
 
     Raises:
         ConfigError: ``mesh`` is not a 1-D ``"tasks"`` mesh, or its device count does not
@@ -188,24 +203,53 @@ def make_meta_step(experiment: Experiment, mesh: Mesh | None = None) -> Callable
     """
     if mesh is not None:
         distributed.check_task_mesh(mesh, experiment.config.outer_batch)
-    meta_loss = make_meta_loss(experiment, mesh)
-    optimizer = meta_optimizer(experiment.config.meta_learning_rate)
-    gradient_fn = jax.value_and_grad(meta_loss, has_aux=True)
+    config = experiment.config
+    optimizer = meta_optimizer(config.meta_learning_rate)
+    task_gradients = jax.vmap(
+        jax.value_and_grad(make_task_loss(experiment), has_aux=True),
+        in_axes=(None, None, None, None, 0),
+    )
 
     def step(meta_state: MetaState, pool: Any, data: Any, key: Array) -> Any:
-        (loss, metrics), grads = gradient_fn(
-            meta_state.trainable, meta_state.frozen, pool, data, key
-        )
+        keys = jax.random.split(key, config.outer_batch)
+        if mesh is not None:
+            keys = distributed.shard_task_keys(keys, mesh)
+        per_task = task_gradients(meta_state.trainable, meta_state.frozen, pool, data, keys)
+        if mesh is not None:
+            # An all-gather: every device receives the per-task values of all tasks.
+            per_task = jax.lax.with_sharding_constraint(
+                per_task, distributed.replicated_sharding(mesh)
+            )
+        (loss, metrics), grads = _ordered_mean(per_task)
         trainable, opt_state, applied = guarded_update(
             optimizer, grads, meta_state.opt_state, meta_state.trainable, loss
         )
-        metrics["gradient_norm"] = optax.global_norm(grads)
+        metrics["gradient_norm"] = optax.tree.norm(grads)
         return MetaState(trainable, meta_state.frozen, opt_state), applied, metrics
 
     if mesh is None:
         return jax.jit(step)
     replicated = distributed.replicated_sharding(mesh)
     return jax.jit(step, in_shardings=replicated, out_shardings=replicated)
+
+
+def _ordered_mean(per_task: Any) -> Any:
+    """Average every leaf of ``per_task`` over its leading (task) axis, summing in task order.
+
+    A ``jnp.mean`` over tasks that are spread across devices adds per-device partial sums, so
+    its float rounding depends on the device count. Adam turns such rounding differences in
+    near-zero gradient elements into visible parameter differences within a few steps. The
+    sequential sum of a `jax.lax.scan` rounds the same way on any device count.
+    """
+    count = jax.tree.leaves(per_task)[0].shape[0]
+
+    def add(total: Any, task: Any) -> tuple[Any, None]:
+        return jax.tree.map(jnp.add, total, task), None
+
+    first = jax.tree.map(lambda leaf: leaf[0], per_task)
+    rest = jax.tree.map(lambda leaf: leaf[1:], per_task)
+    total, _ = jax.lax.scan(add, first, rest)
+    return jax.tree.map(lambda leaf: leaf / count, total)
 
 
 def train(
