@@ -1,14 +1,14 @@
 """A user-defined activation kind trained with a meta-learned MPLP rule on sinusoids.
 
 The softsign activation ``x / (1 + |x|)`` is not built in. `mplp.nodes.activation_kind` turns
-the function into a node kind of family ``activation`` (no parameters; its learner reads the
-incoming message and the pre-activation), and `mplp.register_kind` adds it to the registry, so
+the function into a node kind of family ``activation``, without parameters, whose learner reads
+the incoming message and the pre-activation. `mplp.register_kind` adds it to the registry, so
 an experiment configuration can name it like a built-in activation.
 
 The script meta-trains a stateless MPLP learner for ``--steps`` meta-steps on a 1-16-16-1
-softsign network with the machinery of `mplp.meta` (calibration, the jitted meta-step with the
-per-tensor normalised Adam), and prints the meta-loss on the same held-out tasks before and
-after meta-training.
+softsign network with the machinery of `mplp.meta`: calibration, then the jitted meta-step
+with the per-tensor normalised Adam. It prints the meta-loss on the same held-out tasks before
+and after meta-training.
 
 Run it with ``python examples/custom_activation.py [--steps N]``.
 """
@@ -30,7 +30,8 @@ SOFTSIGN = mplp.register_kind(mplp.activation_kind("softsign", jax.nn.soft_sign)
 
 
 def softsign_experiment(meta_steps: int) -> mplp.meta.ExperimentConfig:
-    """A small few-shot sinusoid experiment on a softsign network with a stateless learner."""
+    """Describe a small few-shot sinusoid experiment on a softsign network with a stateless
+    learner."""
     return mplp.meta.ExperimentConfig(
         name="softsign-sinusoid",
         description="Stateless MPLP on a 1-16-16-1 softsign network, sinusoid regression",

@@ -7,7 +7,7 @@ weights, a Hebbian eligibility trace per synapse::
 
 Its reflexive function computes that update from the forward input stored in the group's
 state. A ``probe`` group of this kind reads the hidden layer of a small sinusoid regressor but
-feeds nothing back, and no backward arrow reaches it: it never receives a message, so no learner
+feeds nothing back. No backward arrow reaches it, so it never receives a message, no learner
 runs on it and its weights stay fixed. The schedule still runs its reflexive arrow once per
 learning step (`Schedule.reflexive_only`).
 
@@ -120,7 +120,7 @@ HEBBIAN_PROBE = NodeKind(
 
 
 def probe_graph(aggregate: str) -> Graph:
-    """A 1-8-1 tanh regressor whose hidden layer also feeds the probe group."""
+    """Build a 1-8-1 tanh regressor whose hidden layer also feeds the probe group."""
     groups = (
         Group(name="input", kind="input", shape=(1,)),
         Group(name="dense0", kind="dense", shape=(1, HIDDEN), options={"init_std": 0.5}),
@@ -169,7 +169,7 @@ def probe_graph(aggregate: str) -> Graph:
 
 
 def hidden_activity(state: mplp.State, x: Array) -> np.ndarray:
-    """The output of ``act0`` for inputs ``x``, computed directly from the state's parameters."""
+    """Compute the output of ``act0`` for inputs ``x`` directly from the state's parameters."""
     weights = np.asarray(state["dense0"]["w"])
     biases = np.asarray(state["bias0"]["b"])
     return np.tanh(np.asarray(x) @ weights + biases)
@@ -192,7 +192,7 @@ def train_and_check(learner: mplp.Learner, steps: int) -> None:
     expected = np.zeros((HIDDEN, PROBE_OUTPUTS), np.float32)
     losses = []
     for x, y in zip(episode.train_x, episode.train_y, strict=True):
-        # The forward pass of this step sees the parameters from before its update.
+        # The forward pass of this step uses the parameters from before its update.
         hidden = hidden_activity(state, x)
         coactivity = hidden.T @ (hidden @ probe_weights) / BATCH
         expected = DEFAULT_DECAY * expected + (1.0 - DEFAULT_DECAY) * coactivity

@@ -106,7 +106,8 @@ def residual_graph(hidden: int, aggregate: str, init_std: float = 0.05) -> Graph
 
 
 def reference_loss(parameters: Parameters, x: Array, y: Array) -> Array:
-    """The same network written directly in JAX: mean over examples of the summed l2 loss."""
+    """Compute the same network's loss directly in JAX: the mean over examples of the summed
+    l2 loss."""
     hidden = jnp.tanh(x @ parameters["dense0"]["w"] + parameters["bias0"]["b"])
     added = hidden + (hidden @ parameters["dense1"]["w"] + parameters["bias1"]["b"])
     output = added @ parameters["dense2"]["w"] + parameters["bias2"]["b"]
@@ -114,7 +115,8 @@ def reference_loss(parameters: Parameters, x: Array, y: Array) -> Array:
 
 
 def sample_episode(key: Array, steps: int, validation: int) -> Episode:
-    """One sinusoid task: ``steps`` minibatches of ``BATCH`` examples and a held-out set."""
+    """Sample one sinusoid task: ``steps`` minibatches of ``BATCH`` examples and a held-out
+    set."""
     episode = sinusoid.sample_episode(key, steps, BATCH, validation)
     return Episode(episode.train_x, episode.train_y, episode.validation_x, episode.validation_y)
 

@@ -1,4 +1,4 @@
-"""The ``mplp`` command: meta-train an experiment, evaluate a run, list the experiments.
+"""The ``mplp`` command: meta-train, evaluate, list the experiments, draw a graph.
 
 Usage::
 
@@ -6,6 +6,7 @@ Usage::
     mplp evaluate runs/sinusoid [--runs N] [--seed S] [--data-dir D] [--transfer step]
     mplp evaluate --pretrained sinusoid [--out DIR]
     mplp experiments
+    mplp graph show sinusoid --out graph.png [--summary]
 
 Invalid arguments and unusable run folders end the command with one line on stderr and exit
 status 2.
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from mplp.graphcore import GraphError
+from mplp.graphcore import Graph, GraphError, Program, draw, load_graph, summary
 from mplp.meta.checkpoint import CheckpointError
 from mplp.meta.config import EXPERIMENTS, ConfigError, ExperimentConfig, get_experiment
 from mplp.meta.evaluation import (
@@ -32,7 +33,7 @@ from mplp.meta.evaluation import (
 )
 from mplp.meta.figures import plot_evaluation
 from mplp.meta.optim import NonFiniteUpdateError
-from mplp.meta.setup import build_experiment
+from mplp.meta.setup import build_experiment, build_learner, build_program
 from mplp.meta.trainer import CONFIG_NAME, load_run, read_run_config, train
 from mplp.pretrained import pretrained_dir
 from mplp.tasks.mnist_io import MnistDataError
@@ -110,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in --out from its last checkpoint; --steps may extend it",
     )
     train_parser.add_argument("--data-dir", type=Path, help="folder with the MNIST .gz files")
+    train_parser.add_argument(
+        "--devices",
+        type=_positive_int,
+        metavar="N",
+        help="split each meta-step's outer batch of tasks across the first N devices of "
+        "jax.devices(); N must divide outer_batch (default: one device)",
+    )
     train_parser.set_defaults(handler=run_train)
 
     evaluate_parser = commands.add_parser(
@@ -151,6 +159,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="List built-in experiments with their description.",
     )
     experiments_parser.set_defaults(handler=run_experiments)
+
+    graph_parser = commands.add_parser(
+        "graph",
+        help="inspect the graph of an experiment or of a JSON graph file",
+        description="Inspect a graph of node groups and arrows.",
+    )
+    graph_commands = graph_parser.add_subparsers(
+        dest="graph_command", metavar="COMMAND", parser_class=_Parser
+    )
+    graph_commands.required = True
+    show_parser = graph_commands.add_parser(
+        "show",
+        help="draw a graph as a PNG file",
+        description="Draw the network of a built-in experiment, or a graph file written by "
+        "mplp.save_graph, as a PNG file: groups left to right, arrows coloured by kind.",
+    )
+    show_parser.add_argument(
+        "source",
+        metavar="EXPERIMENT_OR_JSON",
+        help="built-in experiment name (see 'mplp experiments') or the path of a .json graph",
+    )
+    show_parser.add_argument("--out", required=True, type=Path, help="PNG file to write")
+    show_parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="also print the groups, arrows and parameter counts as text",
+    )
+    show_parser.set_defaults(handler=run_graph_show)
     return parser
 
 
@@ -174,7 +210,9 @@ def run_train(args: argparse.Namespace) -> int:
         config.meta_steps,
         config.seed,
     )
-    summary = train(config, args.out, resume=args.resume, data_dir=args.data_dir)
+    summary = train(
+        config, args.out, resume=args.resume, data_dir=args.data_dir, devices=args.devices
+    )
     logger.info(
         "done: meta-step %d, %d skipped updates, run folder %s",
         summary["step"],
@@ -220,6 +258,31 @@ def run_experiments(args: argparse.Namespace) -> int:
     width = max(len(name) for name in EXPERIMENTS)
     for name, config in EXPERIMENTS.items():
         print(f"{name.ljust(width)}  {config.description}")
+    return 0
+
+
+def run_graph_show(args: argparse.Namespace) -> int:
+    """Draw the graph of ``args.source`` into ``args.out`` and print its summary if asked."""
+    source: str = args.source
+    graph_or_program: Graph | Program
+    if source in EXPERIMENTS:
+        # The network that meta-training compiles, with the experiment's learner.
+        config = EXPERIMENTS[source]
+        graph_or_program = build_program(config.network, build_learner(config.learner))
+    elif source.endswith(".json"):
+        graph_or_program = load_graph(source)
+    else:
+        known = ", ".join(EXPERIMENTS)
+        raise _UsageError(
+            f"unknown experiment '{source}'; built-in experiments: {known}, "
+            "or pass the path of a .json graph file"
+        )
+
+    if args.summary:
+        print(summary(graph_or_program))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    path = draw(graph_or_program, args.out, title=source)
+    logger.info("wrote %s", path)
     return 0
 
 

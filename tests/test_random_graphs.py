@@ -10,12 +10,13 @@ computation from the block description alone, without the graph.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -165,9 +166,13 @@ def random_setup(spec: Spec) -> tuple[mplp.Program, mplp.State, np.ndarray, np.n
 def test_random_graph_forward_matches_jax(spec: Spec) -> None:
     program, state, x, _ = random_setup(spec)
 
-    output = program.apply(state, x)
+    # One jitted call per example compiles faster than running the new shapes op by op.
+    @jax.jit
+    def both(state: mplp.State, x: Array) -> tuple[Array, Array]:
+        return program.apply(state, x), reference_output(spec, program.parameters(state), x)
 
-    expected = reference_output(spec, program.parameters(state), x)
+    output, expected = both(state, x)
+
     assert output.shape == (spec.batch, spec.blocks[-1].width)
     np.testing.assert_allclose(output, expected, rtol=RTOL, atol=ATOL)
 
@@ -176,18 +181,20 @@ def test_random_graph_forward_matches_jax(spec: Spec) -> None:
 def test_random_graph_step_matches_sgd(spec: Spec) -> None:
     program, state, x, target = random_setup(spec)
     learner_params = program.init_learner(jax.random.key(0))
-
-    new_state, metrics = program.step(learner_params, state, x, target)
-
-    parameters = program.parameters(state)
-    loss, gradients = jax.value_and_grad(lambda p: reference_loss(spec, p, x, target))(
-        parameters
-    )
     optimizer = optax.sgd(LEARNING_RATE)
-    updates, _ = optimizer.update(gradients, optimizer.init(parameters), parameters)
-    expected = optax.apply_updates(parameters, updates)
-    np.testing.assert_allclose(metrics["loss"], loss, rtol=RTOL, atol=ATOL)
-    actual = program.parameters(new_state)
+
+    @jax.jit
+    def both(state: mplp.State, x: Array, target: Array) -> tuple[Any, Any, Array, Array]:
+        new_state, metrics = program.step(learner_params, state, x, target)
+        parameters = program.parameters(state)
+        loss, gradients = jax.value_and_grad(reference_loss, argnums=1)(spec, parameters, x, target)
+        updates, _ = optimizer.update(gradients, optimizer.init(parameters), parameters)
+        expected = optax.apply_updates(parameters, updates)
+        return program.parameters(new_state), expected, metrics["loss"], loss
+
+    actual, expected, loss, expected_loss = both(state, x, target)
+
+    np.testing.assert_allclose(loss, expected_loss, rtol=RTOL, atol=ATOL)
     assert set(actual) == set(expected)
     for group, fields in expected.items():
         for name, value in fields.items():
@@ -276,44 +283,48 @@ def recording(learner: mplp.Learner) -> mplp.Learner:
     return learner._replace(backward=backward)
 
 
-def test_empty_fan_in_message_is_zero() -> None:
+@pytest.fixture(scope="module")
+def dead_branch_run() -> dict[str, Any]:
+    """One learning step of a stateless learner on the dead-branch graph, its diagnostics, and
+    the meta-gradient of the loss after the step with respect to the learner parameters."""
     program = mplp.compile_graph(
-        dead_branch_graph("mean"), recording(mplp.learners.stateless(message_size=3))
+        dead_branch_graph("mean"), recording(mplp.learners.stateless(message_size=2))
     )
     state = program.init(jax.random.key(0), 4)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 2)).astype(np.float32)
     target = rng.normal(size=(4, 1)).astype(np.float32)
 
-    _, metrics = program.step(program.init_learner(jax.random.key(1)), state, x, target)
+    def loss_after_step(learner_params: mplp.LearnerParams) -> tuple[Array, Any]:
+        new_state, metrics = program.step(learner_params, state, x, target)
+        return program.loss(new_state, x, target), metrics
+
+    (loss, metrics), gradients = jax.jit(jax.value_and_grad(loss_after_step, has_aux=True))(
+        program.init_learner(jax.random.key(1))
+    )
+    return {"program": program, "metrics": metrics, "loss": loss, "gradients": gradients}
+
+
+def test_empty_fan_in_message_is_zero(dead_branch_run: dict[str, Any]) -> None:
+    program, metrics = dead_branch_run["program"], dead_branch_run["metrics"]
 
     steps = {step.group: step for step in program.schedule.backward}
     assert "act_side" not in steps
     assert steps["bias_side"].senders == ("act_side",)
     assert steps["act0"].senders == ("dense1", "dense_side")
     message = np.asarray(metrics["learner"]["bias_side"]["message"])
-    assert message.shape == (4, 2, 3)
+    assert message.shape == (4, 2, 2)
     assert np.all(message == 0.0)
     # The dead branch still sends a learned message upstream, so act0 averages two messages.
     assert np.any(np.asarray(metrics["learner"]["act0"]["message"]) != 0.0)
 
 
-def test_empty_fan_in_meta_gradient_finite() -> None:
-    program = mplp.compile_graph(dead_branch_graph("mean"), mplp.learners.stateless(3))
-    state = program.init(jax.random.key(0), 4)
-    rng = np.random.default_rng(1)
-    xs = rng.normal(size=(2, 4, 2)).astype(np.float32)
-    targets = rng.normal(size=(2, 4, 1)).astype(np.float32)
+def test_empty_fan_in_meta_gradient_finite(dead_branch_run: dict[str, Any]) -> None:
+    gradients = dead_branch_run["gradients"]
 
-    def loss_after_training(learner_params: mplp.LearnerParams) -> Array:
-        final, _ = program.run(learner_params, state, xs, targets)
-        return program.loss(final, xs[-1], targets[-1])
-
-    learner_params = program.init_learner(jax.random.key(1))
-    loss, gradients = jax.jit(jax.value_and_grad(loss_after_training))(learner_params)
-
-    assert np.isfinite(float(loss))
+    assert np.isfinite(float(dead_branch_run["loss"]))
     for path, leaf in jax.tree_util.tree_leaves_with_path(gradients):
         assert np.all(np.isfinite(np.asarray(leaf))), jax.tree_util.keystr(path)
-    side_rules = gradients["rules"]["bias_side"]
-    assert any(np.any(np.asarray(leaf) != 0.0) for leaf in jax.tree.leaves(side_rules))
+    # bias_side's message reaches the loss through dense_side, act0 and the first layer.
+    side_rule = gradients["rules"]["bias_side"]
+    assert any(np.any(np.asarray(leaf) != 0.0) for leaf in jax.tree.leaves(side_rule))

@@ -157,9 +157,7 @@ def test_cell_matches_numpy(cell_params: dict, carry: np.ndarray) -> None:
     assert output.carry.shape == (*LEADING, CARRY)
     np.testing.assert_allclose(output.carry, expected, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(output.update, expected[..., 0], rtol=RTOL, atol=ATOL)
-    np.testing.assert_allclose(
-        output.messages, expected[..., -MESSAGE_SIZE:], rtol=RTOL, atol=ATOL
-    )
+    np.testing.assert_allclose(output.messages, expected[..., -MESSAGE_SIZE:], rtol=RTOL, atol=ATOL)
 
 
 def test_cell_from_zero_carry(cell_params: dict) -> None:

@@ -21,15 +21,15 @@ import jax
 import networkx as nx
 from pydantic import ValidationError
 
-if TYPE_CHECKING:
-    from matplotlib.axes import Axes
-    from matplotlib.figure import Figure
-
 from mplp.graphcore.compiler import Program
 from mplp.graphcore.errors import GraphError
 from mplp.graphcore.graph import to_networkx
 from mplp.graphcore.kinds import NodeKind, get_kind
 from mplp.graphcore.schema import Graph, Group, check_unique_names
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 ARROW_COLORS = {"forward": "tab:blue", "backward": "tab:red", "reflexive": "tab:green"}
 """Matplotlib colour of each arrow kind in `draw`."""
@@ -80,12 +80,13 @@ def load_graph(path: str | Path) -> Graph:
     except ValidationError as error:
         first = error.errors()[0]
         location = ".".join(str(part) for part in first["loc"]) or "top level"
-        raise GraphError(f"graph file {source} is invalid at {location}: {first['msg']}") from None
+        raise GraphError(
+            f"graph file {source} is invalid at {location}: {first['msg']}; "
+            "write graph files with mplp.save_graph"
+        ) from None
 
 
-def summary(
-    graph_or_program: Graph | Program, kinds: Mapping[str, NodeKind] | None = None
-) -> str:
+def summary(graph_or_program: Graph | Program, kinds: Mapping[str, NodeKind] | None = None) -> str:
     """Describe a graph or a compiled program as a text table that fits on one screen.
 
     The text lists every group with its kind, family, node shape, node count and parameter
@@ -96,7 +97,7 @@ def summary(
     Args:
         graph_or_program: The graph, or a program compiled from one.
         kinds: Node kinds to use in addition to the registered ones, by name (as in
-            `compile_graph`). Ignored for a program, which already holds its kinds.
+            `compile_graph`). Ignored for a program, which already contains its kinds.
     """
     if isinstance(graph_or_program, Program):
         program: Program | None = graph_or_program
@@ -164,8 +165,7 @@ def summary(
     lines += ["", f"Total: {total_nodes} nodes, {total_parameters} parameters"]
     if unknown:
         lines.append(
-            "Parameters not counted (kind unknown or invalid for the group): "
-            + ", ".join(unknown)
+            "Parameters not counted (kind unknown or invalid for the group): " + ", ".join(unknown)
         )
     if program is not None:
         lines += _program_lines(program)
@@ -323,8 +323,8 @@ def _draw_loop(figure: Figure, axes: Axes, center: tuple[float, float], number: 
 
     radius = math.sqrt(_NODE_SIZE) / 2 / 72  # marker area in points squared, to inches
     # Coordinates in inches from the node's centre. ScaledTranslation only calls `transform` on
-    # its third argument, which the linear transData of these axes supports; the stubs of
-    # matplotlib 3.11 ask for an affine transform.
+    # its third argument, and the linear transData of these axes supports that. The type stubs
+    # of matplotlib 3.11 ask for an affine transform, hence the ignore.
     offset = ScaledTranslation(*center, axes.transData)  # type: ignore[arg-type]
     at_node = figure.dpi_scale_trans + offset
     half_width = 0.1 + 0.04 * number

@@ -5,10 +5,15 @@ rather than as one concatenated tensor. The first layer projects each part separ
 the projections (``concat(parts) @ W == sum_p part_p @ W_p``), so for a dense group the
 ``(B, n, m, k + 2)`` input is never built: the message part is ``(B, 1, m, k)``, the weight part
 ``(1, n, m, 1)`` and the input part ``(B, n, 1, 1)``.
+
+Projections of parts without the example axis (the weight part) are broadcast over it by
+`broadcast_first_axis`, whose backward pass avoids a slow reduction of XLA's CPU backend.
+docs/performance.md has the measurements behind these choices.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -66,15 +71,58 @@ def project_parts(parts: Sequence[Array], weights: Array) -> Array:
     Returns:
         The projection, broadcast over the parts' leading axes, ``(..., out)``.
     """
+    leading = jnp.broadcast_shapes(*(part.shape[:-1] for part in parts))
     total = None
     row = 0
     for part in parts:
         width = part.shape[-1]
         projected = part @ weights[row : row + width]
+        if projected.ndim == len(leading) + 1 and projected.shape[0] < leading[0]:
+            projected = broadcast_first_axis(projected, leading[0])
         total = projected if total is None else total + projected
         row += width
     assert total is not None and row == weights.shape[0], "feature widths do not match"
     return total
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def broadcast_first_axis(values: Array, size: int) -> Array:
+    """Repeat ``values`` of shape ``(1, ...)`` ``size`` times along its first axis.
+
+    The result equals ``jnp.broadcast_to``'s; only the backward pass differs. It sums the
+    cotangent over the first axis by adding contiguous halves, because XLA's CPU backend
+    (jaxlib 0.10.2) reduces a short outermost axis with a large inner extent about 40 times
+    slower than those additions, and for a dense group that reduction took about a sixth of
+    an MNIST meta-step.
+
+    NOTE: as a `jax.custom_vjp` function it supports reverse-mode differentiation only;
+    `jax.jvp` through a rule raises.
+    """
+    return jnp.broadcast_to(values, (size, *values.shape[1:]))
+
+
+def _broadcast_first_axis_forward(values: Array, size: int) -> tuple[Array, None]:
+    return broadcast_first_axis(values, size), None
+
+
+def _broadcast_first_axis_backward(size: int, residual: None, cotangent: Array) -> tuple[Array]:
+    del size, residual
+    return (sum_first_axis(cotangent)[None],)
+
+
+broadcast_first_axis.defvjp(_broadcast_first_axis_forward, _broadcast_first_axis_backward)
+
+
+def sum_first_axis(values: Array) -> Array:
+    """Sum ``values`` over its first axis by repeatedly adding its two halves.
+
+    Each step adds two contiguous blocks; an odd leftover row is carried to the next step.
+    """
+    while values.shape[0] > 1:
+        half = values.shape[0] // 2
+        summed = values[:half] + values[half : 2 * half]
+        values = jnp.concatenate([summed, values[2 * half :]]) if values.shape[0] % 2 else summed
+    return values[0]
 
 
 def apply_hidden(layers: Sequence[Params], hidden: Array, activation: Any) -> Array:
@@ -114,25 +162,23 @@ def apply_stateless(
 
     Without g (a group whose message has no receiver) the messages are zeros.
 
-    The first layers of f and g read the same input, so they run as one projection whose
-    output is split in two.
+    f and g project the input parts separately. One projection shared by both, split after
+    the first layer, was slower in the backward pass (docs/performance.md).
     """
-    names = [name for name in ("f", "g") if name in params]
-    first = jnp.concatenate([params[name][0]["w"] for name in names], axis=1)
-    bias = jnp.concatenate([params[name][0]["b"] for name in names])
-    hidden = jax.nn.relu(broadcast_leading(project_parts(parts, first) + bias, leading))
-
     outputs = {}
-    offset = 0
-    for name in names:
-        width = params[name][0]["w"].shape[1]
-        layer_input = hidden[..., offset : offset + width]
-        outputs[name] = jnp.tanh(apply_hidden(params[name][1:], layer_input, jax.nn.relu))
-        offset += width
+    for name in ("f", "g"):
+        if name not in params:
+            continue
+        first = params[name][0]
+        projected = project_parts(parts, first["w"]) + first["b"]
+        hidden = jax.nn.relu(broadcast_leading(projected, leading))
+        outputs[name] = jnp.tanh(apply_hidden(params[name][1:], hidden, jax.nn.relu))
 
     update = outputs["f"][..., 0] if "f" in outputs else None
-    # Without g (a group whose message has no receiver) the messages are zeros.
-    messages = outputs.get("g", jnp.zeros((*leading, message_size), hidden.dtype))
+    if "g" in outputs:
+        messages = outputs["g"]
+    else:
+        messages = jnp.zeros((*leading, message_size), outputs["f"].dtype)
     return RuleOutput(update=update, messages=messages, carry=None)
 
 
@@ -170,8 +216,10 @@ def apply_stateful(
     """Advance the carry of every node by one step of MPLP eq. 6-8.
 
     ``u = sigmoid(x Wux + c Wuc + bu)``, ``r = sigmoid(x Wrx + c Wrc + br)``,
-    ``c' = u * c + (1 - u) * tanh(MLPx(x) + MLPc(r * c) + bn)``. The input projections of
-    the two gates and of MLPx's first layer share one pass over the input parts.
+    ``c' = u * c + (1 - u) * tanh(MLPx(x) + MLPc(r * c) + bn)``. The two gates and MLPx's
+    first layer project the input parts separately: each projection stays unbroadcast until
+    its consumer, so no ``(B, *node, 2C + 80)`` array is built, whereas one shared projection
+    was slower in the backward pass (docs/performance.md).
 
     Args:
         params: From `init_stateful`.
@@ -180,16 +228,20 @@ def apply_stateful(
         message_size: ``k``; the message is read from the last k carry channels.
     """
     width = carry.shape[-1]
+    leading = carry.shape[:-1]
     mlp_x = params["mlp_x"]
-    first = jnp.concatenate([params["update_x"], params["reset_x"], mlp_x[0]["w"]], axis=1)
-    projected = broadcast_leading(project_parts(parts, first), carry.shape[:-1])
-    from_x_update = projected[..., :width]
-    from_x_reset = projected[..., width : 2 * width]
-    hidden_x = jnp.tanh(projected[..., 2 * width :] + mlp_x[0]["b"])
 
+    def project(weights: Array) -> Array:
+        return broadcast_leading(project_parts(parts, weights), leading)
+
+    hidden_x = jnp.tanh(project(mlp_x[0]["w"]) + mlp_x[0]["b"])
     gates_c = carry @ jnp.concatenate([params["update_c"], params["reset_c"]], axis=1)
-    update_gate = jax.nn.sigmoid(from_x_update + gates_c[..., :width] + params["update_b"])
-    reset_gate = jax.nn.sigmoid(from_x_reset + gates_c[..., width:] + params["reset_b"])
+    update_gate = jax.nn.sigmoid(
+        project(params["update_x"]) + gates_c[..., :width] + params["update_b"]
+    )
+    reset_gate = jax.nn.sigmoid(
+        project(params["reset_x"]) + gates_c[..., width:] + params["reset_b"]
+    )
 
     candidate_x = apply_hidden(mlp_x[1:], hidden_x, jnp.tanh)
     mlp_c = params["mlp_c"]

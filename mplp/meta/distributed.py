@@ -40,6 +40,8 @@ def initialize(coordinator_address: str, num_processes: int, process_id: int) ->
     Raises:
         ConfigError: ``num_processes`` is below 1 or ``process_id`` is out of range.
     """
+    # NOTE: no test runs several processes. The test suite checks the sharded meta-step in
+    # one process on simulated CPU devices.
     if num_processes < 1:
         raise ConfigError(f"num_processes must be at least 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
@@ -159,8 +161,8 @@ def shard_task_keys(keys: jax.Array, mesh: Mesh) -> jax.Array:
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """Copy every array of ``tree`` to all devices of ``mesh``.
 
-    In a multi-process run, every process must pass the same values: ``jax.device_put``
-    checks that for host-local inputs.
+    In a multi-process run, every process must pass the same values, and ``jax.device_put``
+    checks this for host-local inputs (as of JAX 0.10).
     """
     return jax.device_put(tree, replicated_sharding(mesh))
 

@@ -3,7 +3,8 @@
 A run folder holds ``config.json`` (the experiment), ``metrics.jsonl`` (one JSON object per
 meta-step), ``checkpoint.npz`` (the latest state, written atomically) and
 ``checkpoint.prev.npz`` (the one before). Randomness is derived from the seed and the step
-number alone, so a resumed run computes exactly what an uninterrupted one would.
+number alone, so a resumed run computes exactly what an uninterrupted one would on the same
+devices (see `train` for runs that resume on another device count).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
@@ -115,11 +115,15 @@ def calibrate_learner(experiment: Experiment, learner_params: Any, keys: RunKeys
     return learner_params
 
 
-def make_task_loss(experiment: Experiment) -> Callable[..., tuple[Array, dict[str, Array]]]:
-    """Build ``loss(trainable, frozen, pool, data, key) -> (task_loss, metrics)`` of one task.
+def make_meta_loss(
+    experiment: Experiment, mesh: Mesh | None = None
+) -> Callable[..., tuple[Array, dict[str, Array]]]:
+    """Build ``loss(trainable, frozen, pool, data, key) -> (meta_loss, metrics)``.
 
-    ``key`` draws the task's episode and its initial network; with the MAML baseline, the
-    baseline's independent meta-loss is added.
+    The loss is the mean over an outer batch of tasks (a `jax.vmap`) of each task's
+    meta-loss; with the MAML baseline, its independent meta-loss is added. With ``mesh``, the
+    per-task keys are sharded along its ``"tasks"`` axis, so each device runs its share of
+    the tasks.
     """
     config = experiment.config
     program, family, template = experiment.program, experiment.family, experiment.template
@@ -153,21 +157,6 @@ def make_task_loss(experiment: Experiment) -> Callable[..., tuple[Array, dict[st
             metrics.update({f"maml_{name}": value for name, value in maml_metrics.items()})
         return loss, metrics
 
-    return one_task
-
-
-def make_meta_loss(
-    experiment: Experiment, mesh: Mesh | None = None
-) -> Callable[..., tuple[Array, dict[str, Array]]]:
-    """Build ``loss(trainable, frozen, pool, data, key) -> (meta_loss, metrics)``.
-
-    The loss is the mean over an outer batch of tasks (a `jax.vmap`) of each task's
-    meta-loss (see `make_task_loss`). With ``mesh``, the per-task keys are sharded along its
-    ``"tasks"`` axis, so each device runs its share of the tasks.
-    """
-    config = experiment.config
-    one_task = make_task_loss(experiment)
-
     def meta_loss(
         trainable: dict, frozen: dict, pool: Any, data: Any, key: Array
     ) -> tuple[Array, dict[str, Array]]:
@@ -189,13 +178,9 @@ def make_meta_step(experiment: Experiment, mesh: Mesh | None = None) -> Callable
     through the whole unroll, each tensor normalised to unit norm, then Adam; skipped (state
     unchanged, ``applied`` False) when the loss or a gradient is not finite.
 
-    The meta-gradient, the meta-loss and the metrics are means over the outer batch, summed
-    task by task in a fixed order (see `_ordered_mean`).
-
     With ``mesh`` (see `mplp.meta.distributed.task_mesh`), the outer batch of tasks is split
-    across the mesh's devices. Every argument and result is replicated on all of them. Each
-    device computes the gradients of its tasks, and the per-task gradients are gathered on
-    every device before the mean, so the result does not depend on the device count.
+    across the mesh's devices. Every argument and result is replicated on all of them, and
+    the meta-gradient is the mean over all tasks, as without a mesh.
 
     Raises:
         ConfigError: ``mesh`` is not a 1-D ``"tasks"`` mesh, or its device count does not
@@ -203,24 +188,14 @@ def make_meta_step(experiment: Experiment, mesh: Mesh | None = None) -> Callable
     """
     if mesh is not None:
         distributed.check_task_mesh(mesh, experiment.config.outer_batch)
-    config = experiment.config
-    optimizer = meta_optimizer(config.meta_learning_rate)
-    task_gradients = jax.vmap(
-        jax.value_and_grad(make_task_loss(experiment), has_aux=True),
-        in_axes=(None, None, None, None, 0),
-    )
+    meta_loss = make_meta_loss(experiment, mesh)
+    optimizer = meta_optimizer(experiment.config.meta_learning_rate)
+    gradient_fn = jax.value_and_grad(meta_loss, has_aux=True)
 
     def step(meta_state: MetaState, pool: Any, data: Any, key: Array) -> Any:
-        keys = jax.random.split(key, config.outer_batch)
-        if mesh is not None:
-            keys = distributed.shard_task_keys(keys, mesh)
-        per_task = task_gradients(meta_state.trainable, meta_state.frozen, pool, data, keys)
-        if mesh is not None:
-            # An all-gather: every device receives the per-task values of all tasks.
-            per_task = jax.lax.with_sharding_constraint(
-                per_task, distributed.replicated_sharding(mesh)
-            )
-        (loss, metrics), grads = _ordered_mean(per_task)
+        (loss, metrics), grads = gradient_fn(
+            meta_state.trainable, meta_state.frozen, pool, data, key
+        )
         trainable, opt_state, applied = guarded_update(
             optimizer, grads, meta_state.opt_state, meta_state.trainable, loss
         )
@@ -231,25 +206,6 @@ def make_meta_step(experiment: Experiment, mesh: Mesh | None = None) -> Callable
         return jax.jit(step)
     replicated = distributed.replicated_sharding(mesh)
     return jax.jit(step, in_shardings=replicated, out_shardings=replicated)
-
-
-def _ordered_mean(per_task: Any) -> Any:
-    """Average every leaf of ``per_task`` over its leading (task) axis, summing in task order.
-
-    A ``jnp.mean`` over tasks that are spread across devices adds per-device partial sums, so
-    its float rounding depends on the device count. Adam turns such rounding differences in
-    near-zero gradient elements into visible parameter differences within a few steps. The
-    sequential sum of a `jax.lax.scan` rounds the same way on any device count.
-    """
-    count = jax.tree.leaves(per_task)[0].shape[0]
-
-    def add(total: Any, task: Any) -> tuple[Any, None]:
-        return jax.tree.map(jnp.add, total, task), None
-
-    first = jax.tree.map(lambda leaf: leaf[0], per_task)
-    rest = jax.tree.map(lambda leaf: leaf[1:], per_task)
-    total, _ = jax.lax.scan(add, first, rest)
-    return jax.tree.map(lambda leaf: leaf / count, total)
 
 
 def train(
@@ -276,8 +232,10 @@ def train(
         mesh: Split the outer batch across this 1-D mesh with the axis ``"tasks"``, for
             example `mplp.meta.distributed.global_mesh` in a multi-host run. Pass at most
             one of ``devices`` and ``mesh``. Without either, the run uses the default
-            device. The device count changes only the float rounding of the results, and a
-            run may resume with another device count.
+            device. A run may resume with another device count. The device count changes
+            the float rounding of the meta-gradient, which Adam can enlarge to a fraction of
+            ``meta_learning_rate`` in parameters whose gradient is near zero, so such runs
+            match to that level rather than bit for bit.
 
     Returns:
         A summary: the final step, the last metrics and the number of skipped updates.
