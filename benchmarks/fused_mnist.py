@@ -73,7 +73,8 @@ def check_supported(experiment: Experiment) -> None:
     if not config.train_learner or config.learn_prior or config.maml_baseline:
         problems.append("only the learner may be meta-trained, without the MAML baseline")
     if problems:
-        raise ValueError(f"fused MNIST meta-step cannot run '{config.name}': " + "; ".join(problems))
+        reasons = "; ".join(problems)
+        raise ValueError(f"the fused MNIST meta-step cannot run '{config.name}': {reasons}")
 
 
 def forward(layers: Layers, x: Array) -> Forward:
@@ -144,9 +145,13 @@ def cell(rule: Params, parts: Sequence[Array], carry: Array) -> Array:
 
 
 def standardise(parts: dict[str, Array], statistics: Params) -> list[Array]:
-    """Apply the frozen per-part shift and scale, in the order of ``statistics``."""
+    """Apply the frozen per-part shift and scale, keeping the order of ``parts``.
+
+    The order matters because it selects the rows of each first-layer matrix. The keys of
+    ``statistics`` come back sorted from any `jax.tree.map`, so they cannot give it.
+    """
     frozen = jax.lax.stop_gradient(statistics)
-    return [(parts[name] - frozen[name]["shift"]) / frozen[name]["scale"] for name in frozen]
+    return [(part - frozen[name]["shift"]) / frozen[name]["scale"] for name, part in parts.items()]
 
 
 def parameter_change(update: Array, scaling: Params) -> Array:
@@ -189,7 +194,8 @@ def learning_step(
     new_carries = {}
 
     def run(group: str, rule: str, parts: dict[str, Array]) -> Array:
-        new_carries[group] = cell(rules[rule], standardise(parts, statistics[group]), carries[group])
+        inputs = standardise(parts, statistics[group])
+        new_carries[group] = cell(rules[rule], inputs, carries[group])
         return new_carries[group]
 
     # The loss nodes are seeded with their own per-element loss.
@@ -340,8 +346,9 @@ def check_against_framework(
     """Compute the meta-loss and its gradient both ways for random learner parameters and data.
 
     Every learner parameter, standardiser and output scale is drawn at random, so a term
-    missing on either side changes the result. Returns the two losses and the two gradients
-    with respect to the learner parameters.
+    missing on either side changes the result. Returns the two losses, the fused loss with
+    all output scales at zero (no parameter changes, to show how much the updates move the
+    loss) and the two gradients with respect to the learner parameters.
     """
     hint_ratio = 0.7
     learner = learners.stateful(message_size, hidden_size, sharing="kind")
@@ -357,11 +364,15 @@ def check_against_framework(
         lambda leaf: np.float32(rng.uniform(0.5, 1.5)), params["standardisers"]
     )
     params["outputs"] = jax.tree.map(
-        lambda leaf: np.float32(rng.uniform(0.05, 0.3)), params["outputs"]
+        lambda leaf: np.float32(rng.uniform(0.5, 1.0)), params["outputs"]
     )
 
+    # Weights of unit scale make the loss depend on the updates to first order.
     state = jax.jit(program.init, static_argnums=1)(jax.random.key(seed + 1), batch)
-    network = program.parameters(state)
+    network = jax.tree.map(
+        lambda leaf: rng.normal(size=leaf.shape).astype(np.float32), program.parameters(state)
+    )
+    state = program.replace_parameters(state, network)
     classes = sizes[-1]
     episode = Episode(
         train_x=rng.normal(size=(steps, batch, sizes[0])).astype(np.float32),
@@ -375,15 +386,17 @@ def check_against_framework(
         return framework_task_loss(program, learner_params, state, episode, hint_ratio)[0]
 
     def fused(learner_params: Params) -> Array:
-        return task_loss(
-            learner_params, network, episode, hint_ratio, message_size, carry_width
-        )[0]
+        return task_loss(learner_params, network, episode, hint_ratio, message_size, carry_width)[0]
 
     framework_loss, framework_grad = jax.jit(jax.value_and_grad(framework))(params)
-    fused_loss, fused_grad = jax.jit(jax.value_and_grad(fused))(params)
+    fused_value_and_grad = jax.jit(jax.value_and_grad(fused))
+    fused_loss, fused_grad = fused_value_and_grad(params)
+    frozen = dict(params, outputs=jax.tree.map(np.zeros_like, params["outputs"]))
+    frozen_loss, _ = fused_value_and_grad(frozen)
     return {
         "framework_loss": float(framework_loss),
         "fused_loss": float(fused_loss),
+        "no_update_loss": float(frozen_loss),
         "framework_grad": framework_grad,
         "fused_grad": fused_grad,
     }

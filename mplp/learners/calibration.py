@@ -19,6 +19,8 @@ The statistics are then frozen: `stateless` and `stateful` read them through
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -45,12 +47,7 @@ def measure_statistics(
         ``{slot: {"part/mean": value, "part/mean_square": value, "update/mean": value}}``.
     """
     sharing = _sharing_of(program, learner_params)
-
-    def run_one(state: State, x: Array, target: Array) -> Any:
-        _, metrics = program.run(learner_params, state, x, target)
-        return metrics["learner"]
-
-    per_group = jax.jit(jax.vmap(run_one))(states, xs, targets)
+    per_group = _statistics_runner(program)(learner_params, states, xs, targets)
 
     collected: dict[str, dict[str, list[Array]]] = {}
     for info in program.learning_groups:
@@ -101,6 +98,18 @@ def calibrate(
             outputs[slot]["mean"] = _blend(outputs[slot]["mean"], statistics["update/mean"], blend)
 
     return {**learner_params, "standardisers": standardisers, "outputs": outputs}
+
+
+@functools.lru_cache(maxsize=16)
+def _statistics_runner(program: Program) -> Callable[..., Any]:
+    """The jitted, vmapped inner loop that returns the learner's diagnostics, one per program,
+    so repeated calibration rounds reuse one compilation."""
+
+    def run_one(learner_params: LearnerParams, state: State, x: Array, target: Array) -> Any:
+        _, metrics = program.run(learner_params, state, x, target)
+        return metrics["learner"]
+
+    return jax.jit(jax.vmap(run_one, in_axes=(None, 0, 0, 0)))
 
 
 def _blend(old: Array, new: Array, blend: float | None) -> Array:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -143,7 +145,17 @@ class Experiment:
 
 
 def build_experiment(config: ExperimentConfig, data_dir: str | Path | None = None) -> Experiment:
-    """Compile the program and build the task family of ``config``."""
+    """Compile the program and build the task family of ``config``.
+
+    Experiments are cached by configuration and data folder, so that training, resuming and
+    evaluating in one process reuse the compiled functions attached to them.
+    """
+    folder = str(data_dir) if data_dir is not None else os.environ.get(mnist.DATA_DIR_ENV)
+    return _build_experiment_cached(config, folder)
+
+
+@functools.lru_cache(maxsize=8)
+def _build_experiment_cached(config: ExperimentConfig, data_dir: str | None) -> Experiment:
     program = build_program(config.network, build_learner(config.learner))
     maml_program = None
     if config.maml_baseline:

@@ -9,6 +9,7 @@ devices (see `train` for runs that resume on another device count).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -208,6 +209,13 @@ def make_meta_step(experiment: Experiment, mesh: Mesh | None = None) -> Callable
     return jax.jit(step, in_shardings=replicated, out_shardings=replicated)
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_meta_step(experiment: Experiment, mesh: Mesh | None) -> Callable[..., Any]:
+    # One jitted meta-step per experiment, so a resumed run in the same process (or a test
+    # that trains twice) does not compile again.
+    return make_meta_step(experiment, mesh)
+
+
 def train(
     config: ExperimentConfig,
     out_dir: str | Path,
@@ -266,7 +274,7 @@ def train(
     data = experiment.family.data
     if task_mesh is not None:
         meta_state, pool, data = distributed.replicate((meta_state, pool, data), task_mesh)
-    step_fn = meta_step_fn or make_meta_step(experiment, task_mesh)
+    step_fn = meta_step_fn or _cached_meta_step(experiment, task_mesh)
     counter = SkippedUpdateCounter(config.max_nonfinite)
     metrics: dict[str, float] = {}
     started = time.perf_counter()
