@@ -88,7 +88,9 @@ def test_same_seed_same_metrics(tmp_path: Path) -> None:
     second = read_metrics(tmp_path / "second")
     assert len(first) == 3
     assert first == second
-    np.testing.assert_array_equal(flat_learner(tmp_path / "first"), flat_learner(tmp_path / "second"))
+    np.testing.assert_array_equal(
+        flat_learner(tmp_path / "first"), flat_learner(tmp_path / "second")
+    )
 
 
 def test_other_seed_other_metrics(tmp_path: Path) -> None:
@@ -108,7 +110,9 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
     split = read_metrics(tmp_path / "split")
     assert [row["step"] for row in split] == [1, 2, 3, 4]
     assert whole == split
-    np.testing.assert_array_equal(flat_learner(tmp_path / "whole"), flat_learner(tmp_path / "split"))
+    np.testing.assert_array_equal(
+        flat_learner(tmp_path / "whole"), flat_learner(tmp_path / "split")
+    )
 
 
 def test_resume_drops_metrics_after_checkpoint(tmp_path: Path) -> None:
@@ -149,7 +153,7 @@ def test_nan_guard_skips_and_stops(tmp_path: Path, caplog: pytest.LogCaptureFixt
         new_state, applied, metrics = real_step(meta_state, pool, data, key)
         calls["count"] += 1
         if calls["count"] >= 2:
-            # Every step from the second on sees a NaN meta-loss, as a diverging run would.
+            # From the second step on, every step returns a NaN meta-loss, as a diverging run would.
             metrics = {**metrics, "meta_loss": jnp.nan}
             poisoned = jax.tree.map(lambda leaf: leaf * jnp.nan, new_state.trainable)
             return new_state._replace(trainable=poisoned), jnp.asarray(False), metrics
