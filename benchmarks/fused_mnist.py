@@ -11,7 +11,9 @@ no per-group state dicts. The library does not use this module.
 The pieces it shares with the library are not part of the graph machinery: the learner
 parameter layout (so both read the same parameters), the episode sampler of the task family,
 the meta-optimizer, and `mplp.learners.rules.broadcast_first_axis`, the helper that keeps a
-slow reduction of XLA's CPU backend out of the backward pass.
+slow reduction of XLA's CPU backend out of the backward pass. It makes the library's other
+implementation choices too: each feature part is projected on its own shape, and the cell is
+rematerialised under differentiation.
 
 `check_against_framework` compares its meta-loss and meta-gradient with the framework's.
 """
@@ -111,7 +113,8 @@ def cell(rule: Params, parts: Sequence[Array], carry: Array) -> Array:
 
     ``parts`` broadcast to ``carry.shape[:-1]``. Each first-layer product runs per part on
     the part's own shape and is broadcast only when added, as ``concat(parts) @ W`` equals
-    the sum of the per-part products.
+    the sum of the per-part products. Like the library's rule, the cell is rematerialised
+    under differentiation (see `rematerialised_cell`).
     """
     leading = carry.shape[:-1]
     width = carry.shape[-1]
@@ -142,6 +145,10 @@ def cell(rule: Params, parts: Sequence[Array], carry: Array) -> Array:
     candidate = jnp.tanh(from_x + from_c + rule["candidate_b"])
     new_state = update * state + (1.0 - update) * candidate
     return new_state.reshape(carry.shape)
+
+
+rematerialised_cell = jax.checkpoint(cell)
+"""`cell` under `jax.checkpoint`: the backward pass recomputes its hidden layers."""
 
 
 def standardise(parts: dict[str, Array], statistics: Params) -> list[Array]:
@@ -195,7 +202,7 @@ def learning_step(
 
     def run(group: str, rule: str, parts: dict[str, Array]) -> Array:
         inputs = standardise(parts, statistics[group])
-        new_carries[group] = cell(rules[rule], inputs, carries[group])
+        new_carries[group] = rematerialised_cell(rules[rule], inputs, carries[group])
         return new_carries[group]
 
     # The loss nodes are seeded with their own per-element loss.

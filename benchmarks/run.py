@@ -168,14 +168,16 @@ def environment(argv: list[str]) -> dict[str, Any]:
 # Timing.
 
 
-def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[str, Timing]:
+def time_interleaved(
+    calls: dict[str, Callable[[], Any]], repeats: int
+) -> tuple[dict[str, Timing], dict[str, Any]]:
     """Call every function once to warm up, then ``repeats`` rounds of one call each.
 
     Every round calls the functions in the same order, so slow phases of a shared machine
-    hit all of them. Each call waits for its results (`jax.block_until_ready`).
+    hit all of them. Each call waits for its results (`jax.block_until_ready`). Returns the
+    timings and the result of each warm-up call.
     """
-    for call in calls.values():
-        jax.block_until_ready(call())
+    outputs = {name: jax.block_until_ready(call()) for name, call in calls.items()}
     samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
@@ -183,7 +185,7 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], repeats: int) -> dict[
             jax.block_until_ready(call())
             samples[name][0].append(time.perf_counter() - wall_start)
             samples[name][1].append(time.process_time() - cpu_start)
-    return {name: Timing(*values) for name, values in samples.items()}
+    return {name: Timing(*values) for name, values in samples.items()}, outputs
 
 
 def compile_timed(function: Any, *args: Any) -> tuple[Any, float]:
@@ -198,7 +200,7 @@ def measure_peak(repeats: int) -> dict[str, Any]:
     size = MATMUL_SIZE
     a = jnp.asarray(np.random.default_rng(0).normal(size=(size, size)), jnp.float32)
     matmul = jax.jit(jnp.matmul)
-    timing = time_interleaved({"matmul": lambda: matmul(a, a)}, repeats)["matmul"]
+    timing = time_interleaved({"matmul": lambda: matmul(a, a)}, repeats)[0]["matmul"]
     best = min(timing.wall)
     return {"gflops": 2 * size**3 / best / 1e9, "best_s": best, "wall_s": timing.wall}
 
@@ -379,7 +381,7 @@ def benchmark_configurations(
 
     print("timing meta-steps, inner steps and evaluation runs ...", flush=True)
     for kind, calls in calls_by_kind.items():
-        for label, timing in time_interleaved(calls, repeats).items():
+        for label, timing in time_interleaved(calls, repeats)[0].items():
             results[label][f"{kind}_s"] = timing.median_wall
             results[label][f"{kind}_cpu_s"] = timing.median_cpu
             results[label][f"{kind}_samples"] = timing._asdict()
@@ -404,6 +406,7 @@ class Comparison(NamedTuple):
     baseline: str
     description: str
     call: Callable[[], Any]
+    memory: dict[str, float]
 
 
 def benchmark_comparisons(
@@ -424,32 +427,20 @@ def benchmark_comparisons(
 
     print("compiling the variants ...", flush=True)
 
-    stateful_variants = (
-        variants.CONCATENATED_INPUT,
-        variants.SHARED_STATEFUL,
-        variants.PLAIN_BROADCAST,
+    replacements = (
+        ("concatenated_input", stateful, variants.CONCATENATED_INPUT),
+        ("shared_projection", stateful, variants.SHARED_STATEFUL),
+        ("plain_broadcast", stateful, variants.PLAIN_BROADCAST),
+        ("rule_not_rematerialised", stateful, variants.STATEFUL_NOT_REMATERIALISED),
+        ("shared_projection_fg", stateless, variants.SHARED_STATELESS),
+        ("rule_not_rematerialised_fg", stateless, variants.STATELESS_NOT_REMATERIALISED),
     )
-    for variant in stateful_variants:
-        compiled, compile_s[variant.attribute] = compile_meta_step(stateful, (variant,))
+    for name, setup, variant in replacements:
+        compiled, compile_s[name] = compile_meta_step(setup, (variant,))
+        call = meta_step_call(setup, compiled)
         comparisons.append(
-            Comparison(
-                variant.attribute,
-                stateful.label,
-                variant.description,
-                meta_step_call(stateful, compiled),
-            )
+            Comparison(name, setup.label, variant.description, call, memory_of(compiled))
         )
-    compiled, compile_s["shared_stateless"] = compile_meta_step(
-        stateless, (variants.SHARED_STATELESS,)
-    )
-    comparisons.append(
-        Comparison(
-            "shared_stateless",
-            stateless.label,
-            variants.SHARED_STATELESS.description,
-            meta_step_call(stateless, compiled),
-        )
-    )
 
     remat_step, compile_s["remat"] = compile_meta_step(remat)
     comparisons.append(
@@ -458,6 +449,7 @@ def benchmark_comparisons(
             stateful.label,
             "remat=True (jax.checkpoint per inner step)",
             meta_step_call(remat, remat_step),
+            memory_of(remat_step),
         )
     )
 
@@ -474,14 +466,15 @@ def benchmark_comparisons(
             stateful.label,
             "hand-written fused meta-step (benchmarks/fused_mnist.py)",
             meta_step_call(stateful, fused_step),
+            memory_of(fused_step),
         )
     )
 
     print("timing the comparisons ...", flush=True)
     calls = dict(baselines)
     calls.update({comparison.name: comparison.call for comparison in comparisons})
-    timings = time_interleaved(calls, repeats)
-    losses = {name: float(call()[2]["meta_loss"]) for name, call in calls.items()}
+    timings, outputs = time_interleaved(calls, repeats)
+    losses = {name: float(output[2]["meta_loss"]) for name, output in outputs.items()}
 
     results: dict[str, Any] = {"compile_s": compile_s, "baselines": {}, "variants": {}}
     for label in baselines:
@@ -501,6 +494,7 @@ def benchmark_comparisons(
             "ratio_wall": timing.median_wall / base.median_wall,
             "ratio_cpu": timing.median_cpu / base.median_cpu,
             "meta_loss_difference": losses[comparison.name] - losses[comparison.baseline],
+            "memory_total_gib": comparison.memory["total_gib"],
             "samples": timing._asdict(),
         }
     return results, memory_of(remat_step)
@@ -587,20 +581,22 @@ def print_report(report: dict[str, Any]) -> None:
     if report.get("comparisons"):
         print()
         print(
-            f"{'variant':22s} {'baseline':16s} {'s':>7s} {'ratio':>6s} {'cpu ratio':>9s} "
-            f"{'d meta-loss':>11s}  description"
+            f"{'variant':27s} {'baseline':16s} {'s':>7s} {'ratio':>6s} {'cpu ratio':>9s} "
+            f"{'GiB':>6s} {'d meta-loss':>11s}  description"
         )
         results = report["comparisons"]
         for label, entry in results["baselines"].items():
+            memory = report["configurations"][label]["memory"]["total_gib"]
             print(
-                f"{label:22s} {'-':16s} {entry['meta_step_s']:7.2f} {1.0:6.3f} {1.0:9.3f} "
-                f"{0.0:11.2e}  the library"
+                f"{label:27s} {'-':16s} {entry['meta_step_s']:7.2f} {1.0:6.3f} {1.0:9.3f} "
+                f"{memory:6.2f} {0.0:11.2e}  the library"
             )
         for name, entry in results["variants"].items():
             print(
-                f"{name:22s} {entry['baseline']:16s} {entry['meta_step_s']:7.2f} "
+                f"{name:27s} {entry['baseline']:16s} {entry['meta_step_s']:7.2f} "
                 f"{entry['ratio_wall']:6.3f} {entry['ratio_cpu']:9.3f} "
-                f"{entry['meta_loss_difference']:11.2e}  {entry['description']}"
+                f"{entry['memory_total_gib']:6.2f} {entry['meta_loss_difference']:11.2e}  "
+                f"{entry['description']}"
             )
 
     print()

@@ -3,7 +3,8 @@
 Each variant computes the same values as the library function it replaces; `patched` swaps
 it in while a function is traced, so the benchmark can compile both versions in one process.
 The shared-projection versions are the library's rules before they were changed to one
-projection per consumer (see docs/performance.md).
+projection per consumer (see docs/performance.md); like the library's rules they are
+rematerialised with `jax.checkpoint`, so that they differ in the projection alone.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def broadcast_plain(values: Array, size: int) -> Array:
     return jnp.broadcast_to(values, (size, *values.shape[1:]))
 
 
-def apply_stateless_shared(
+def stateless_shared(
     params: Params, parts: Sequence[Array], leading: tuple[int, ...], message_size: int
 ) -> rules.RuleOutput:
     """The stateless rule with one first-layer projection for f and g, split afterwards."""
@@ -83,7 +84,7 @@ def apply_stateless_shared(
     return rules.RuleOutput(update=update, messages=messages, carry=None)
 
 
-def apply_stateful_shared(
+def stateful_shared(
     params: Params, parts: Sequence[Array], carry: Array, message_size: int
 ) -> rules.RuleOutput:
     """The stateful cell with one projection for both gates and MLPx's first layer."""
@@ -108,6 +109,9 @@ def apply_stateful_shared(
     )
 
 
+apply_stateless_shared = jax.checkpoint(stateless_shared, static_argnums=(2, 3))
+apply_stateful_shared = jax.checkpoint(stateful_shared, static_argnums=(3,))
+
 CONCATENATED_INPUT = Variant(
     "project_parts",
     project_concatenated,
@@ -127,4 +131,14 @@ SHARED_STATEFUL = Variant(
     "apply_stateful",
     apply_stateful_shared,
     "gates and MLPx share one first-layer projection",
+)
+STATEFUL_NOT_REMATERIALISED = Variant(
+    "_rematerialised_stateful",
+    rules._stateful,
+    "stateful cell without jax.checkpoint (its hidden layers stored for the backward pass)",
+)
+STATELESS_NOT_REMATERIALISED = Variant(
+    "_rematerialised_stateless",
+    rules._stateless,
+    "f and g without jax.checkpoint (their hidden layers stored for the backward pass)",
 )
