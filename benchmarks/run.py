@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import variants
 
-from mplp.graphcore import Program
+from mplp.graphcore import GroupInfo, Program
 from mplp.learners import rule_slot
 from mplp.meta.config import EXPERIMENTS, ExperimentConfig
 from mplp.meta.setup import Experiment, build_experiment, select
@@ -260,12 +259,22 @@ def episodes(setup: Setup, count: int) -> Any:
 # FLOP counts.
 
 
-def rule_macs_per_node(rule_params: Any) -> int:
-    """Multiply-adds of one rule evaluation on one node: one per weight-matrix entry.
+def rule_macs_per_node(rule_params: Any, info: GroupInfo) -> int:
+    """Multiply-adds of one rule evaluation on one node of ``info``'s group: one per entry
+    of every weight matrix whose output the group uses.
 
-    The first layer is counted in full, as a concatenated input would need; projecting each
+    A stateless rule's f (update) counts only on groups with parameters and its g (message)
+    only on groups that send messages, since XLA drops the other's unused evaluation. The
+    first layer is counted in full, as a concatenated input would need; projecting each
     feature part on its own unbroadcast shape does less work (see docs/performance.md).
     """
+    if "f" in rule_params or "g" in rule_params:
+        used = []
+        if "f" in rule_params and info.kind.update_field is not None:
+            used.append(rule_params["f"])
+        if "g" in rule_params and info.sends_messages:
+            used.append(rule_params["g"])
+        rule_params = used
     return sum(int(leaf.size) for leaf in jax.tree.leaves(rule_params) if leaf.ndim == 2)
 
 
@@ -280,7 +289,7 @@ def step_flops(program: Program, params: Any, batch: int) -> int:
     macs = network_macs(program)
     for info in program.learning_groups:
         rule = params["rules"][rule_slot(info, sharing)]
-        macs += math.prod(info.group.shape) * rule_macs_per_node(rule)
+        macs += math.prod(info.group.shape) * rule_macs_per_node(rule, info)
     return 2 * batch * macs
 
 
@@ -437,6 +446,11 @@ def benchmark_comparisons(
     )
     for name, setup, variant in replacements:
         compiled, compile_s[name] = compile_meta_step(setup, (variant,))
+        if compiled.as_text() == baselines[setup.label].func.as_text():
+            raise RuntimeError(
+                f"variant {name} compiled to the library's program: the replacement of "
+                f"rules.{variant.attribute} did not take effect"
+            )
         call = meta_step_call(setup, compiled)
         comparisons.append(
             Comparison(name, setup.label, variant.description, call, memory_of(compiled))
@@ -542,14 +556,25 @@ def child_peak_rss(data_dir: Path, steps: int, remat: bool) -> float:
 
 
 def run_child_rss(data_dir: Path, steps: int, remat: bool) -> None:
-    """Child process of `child_peak_rss`: one compiled meta-step, then print the peak RSS."""
+    """Child process of `child_peak_rss`: one compiled meta-step, then print the peak RSS.
+
+    The peak is the VmHWM line of /proc/self/status, the high-water mark of this process's
+    own memory. ``getrusage``'s ``ru_maxrss`` would not do: Linux carries the parent's peak
+    over into a child that it forks and executes, and the parent holds many programs.
+    """
+    status = Path("/proc/self/status")
+    if not status.is_file():
+        raise SystemExit("--rss reads /proc/self/status, which exists on Linux only")
     config = make_config("mnist", "stateful", inner_steps=steps, remat=remat)
     setup = prepare("rss", config, data_dir)
     compiled, _ = compile_meta_step(setup)
     jax.block_until_ready(meta_step_call(setup, compiled)())
-    # ru_maxrss is in KiB on Linux.
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB
-    print(json.dumps({"peak_rss_gib": peak}))
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            kibibytes = int(line.split()[1])
+            print(json.dumps({"peak_rss_gib": kibibytes * 1024 / GIB}))
+            return
+    raise SystemExit("/proc/self/status has no VmHWM line")
 
 
 # Output.

@@ -36,8 +36,11 @@ def patched(variants: Sequence[Variant]) -> Iterator[None]:
 
     The rules module looks these names up when a learner is traced, so a function lowered
     inside the block uses the replacements; compiled code keeps them after the block ends.
+    JAX's tracing caches are cleared on entry and exit, because `jax.checkpoint` reuses the
+    traced body of a rule from an earlier trace and would hide a replacement inside it.
     """
     saved = {variant.attribute: getattr(rules, variant.attribute) for variant in variants}
+    jax.clear_caches()
     try:
         for variant in variants:
             setattr(rules, variant.attribute, variant.replacement)
@@ -45,6 +48,7 @@ def patched(variants: Sequence[Variant]) -> Iterator[None]:
     finally:
         for attribute, value in saved.items():
             setattr(rules, attribute, value)
+        jax.clear_caches()
 
 
 def project_concatenated(parts: Sequence[Array], weights: Array) -> Array:
