@@ -1,12 +1,12 @@
 """A hand-written MNIST meta-step with the stateful learner, to time the framework against.
 
-It computes what `mplp.meta.trainer.make_meta_step` computes for the ``mnist`` experiment
-(a sigmoid MLP, softmax and cross-entropy clipped at 1e-7, the stateful learner with rules
+It computes what `mplp.meta.trainer.make_meta_step` computes for the ``mnist`` experiment:
+a sigmoid MLP, softmax and cross-entropy clipped at 1e-7, the stateful learner with rules
 shared by node family and standardisers and output scales per group, mean message
-aggregation, meta-loss ``h * mean_t(hint_t) + (1 - h) * cv``), but directly on arrays: the
-forward pass, the backward pass of every group and the updates are written out for this one
-network, inside one `jax.lax.scan` over the inner steps. It builds no graph, no schedule and
-no per-group state dicts. The library does not use this module.
+aggregation, and the meta-loss ``h * mean_t(hint_t) + (1 - h) * cv``. But it works directly
+on arrays. The forward pass, the backward pass of every group and the updates are written
+out for this one network, inside one `jax.lax.scan` over the inner steps. It builds no
+graph, no schedule and no per-group state dicts. The library does not use this module.
 
 The pieces it shares with the library are not part of the graph machinery: the learner
 parameter layout (so both read the same parameters), the episode sampler of the task family,
@@ -109,7 +109,8 @@ def mean_loss(layers: Layers, x: Array, target: Array) -> Array:
 
 
 def cell(rule: Params, parts: Sequence[Array], carry: Array) -> Array:
-    """One step of the stateful cell on every node, with 2-D matrix products over rows.
+    """Advance the carry of every node by one step of the stateful cell, with 2-D matrix
+    products over rows.
 
     ``parts`` broadcast to ``carry.shape[:-1]``. Each first-layer product runs per part on
     the part's own shape and is broadcast only when added, as ``concat(parts) @ W`` equals
@@ -191,7 +192,7 @@ def learning_step(
     target: Array,
     message_size: int,
 ) -> tuple[Layers, dict[str, Array], Array]:
-    """One inner step: forward, every group's learner in backward order, and the updates.
+    """Run one inner step: forward, every group's learner in backward order, the updates.
 
     Returns the new layers, the new carries and the minibatch loss before the update.
     """

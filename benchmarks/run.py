@@ -6,13 +6,13 @@ Run it from the repository root:
 
 It prints tables and, with ``--json``, writes every number with its raw samples. Timed calls
 of the variants being compared are interleaved (A, B, A, B, ...) and summarised by their
-median, so a change in the machine's load during the run affects both sides alike; compare
+median, so a change in the machine's load during the run affects both sides alike. Compare
 ratios from one run rather than absolute times across runs. docs/performance.md explains
 each number and records a run.
 
-``--quick`` (about 2 minutes on an idle two-core machine) times the sinusoid experiment with
-both learners and the MNIST experiment with the stateful learner, and skips the memory
-sweep and the side-by-side comparisons.
+``--quick`` times the sinusoid and MNIST experiments with the stateful learner only, with 10
+instead of 100 evaluation runs, and skips the memory sweep and the side-by-side comparisons.
+It took about 2 minutes on the two-core machine of docs/performance.md.
 """
 
 # ruff: noqa: E402
@@ -54,6 +54,7 @@ from mplp.tasks import mnist_io
 GIB = 1024**3
 MEMORY_LIMIT_GIB = 8.0
 EVALUATION_RUNS = 100
+QUICK_EVALUATION_RUNS = 10
 MATMUL_SIZE = 2048
 BACKWARD_FACTOR = 3
 """A meta-step costs about this many forward passes per inner step: the forward pass and a
@@ -140,8 +141,9 @@ def environment(argv: list[str]) -> dict[str, Any]:
         result = subprocess.run(
             ["git", *command], cwd=REPO_ROOT, capture_output=True, text=True, check=False
         )
-        return result.stdout.strip()
+        return result.stdout
 
+    # Porcelain lines are "XY path": two status letters and a space before the path.
     changed = [line[3:] for line in git("status", "--porcelain").splitlines() if line]
     cpu_model = platform.processor()
     cpuinfo = Path("/proc/cpuinfo")
@@ -153,7 +155,7 @@ def environment(argv: list[str]) -> dict[str, Any]:
     return {
         "command": " ".join(["python", "benchmarks/run.py", *argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": git("rev-parse", "--short", "HEAD"),
+        "commit": git("rev-parse", "--short", "HEAD").strip(),
         "uncommitted_files": changed,
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
@@ -208,7 +210,7 @@ def measure_peak(repeats: int) -> dict[str, Any]:
 
 
 def make_config(name: str, kind: str, **changes: Any) -> ExperimentConfig:
-    """The built-in experiment ``name`` with learner kind ``kind`` and other changes."""
+    """Return the built-in experiment ``name`` with learner kind ``kind`` and other changes."""
     base = EXPERIMENTS[name]
     learner = base.learner.model_copy(update={"kind": kind})
     return base.model_copy(update={"learner": learner, **changes})
@@ -245,7 +247,7 @@ def learner_params(setup: Setup) -> Any:
 
 
 def one_network(setup: Setup) -> Any:
-    """The first pool entry in a fresh state for the experiment's minibatch size."""
+    """Return the first pool entry in a fresh state for the experiment's minibatch size."""
     program = setup.experiment.program
     return program.replace_parameters(setup.experiment.template, select(setup.pool, 0))
 
@@ -265,7 +267,7 @@ def rule_macs_per_node(rule_params: Any, info: GroupInfo) -> int:
 
     A stateless rule's f (update) counts only on groups with parameters and its g (message)
     only on groups that send messages, since XLA drops the other's unused evaluation. The
-    first layer is counted in full, as a concatenated input would need; projecting each
+    first layer is counted in full, as a concatenated input would need. Projecting each
     feature part on its own unbroadcast shape does less work (see docs/performance.md).
     """
     if "f" in rule_params or "g" in rule_params:
@@ -327,11 +329,14 @@ def memory_of(compiled: Any) -> dict[str, float]:
 # Sections of the report.
 
 
-def compile_configuration(setup: Setup) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
+def compile_configuration(
+    setup: Setup, runs: int
+) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
     """Compile the meta-step, inner step and evaluation of ``setup`` and count their FLOPs.
 
-    Returns the results so far and a ready call per timed function (``meta_step``,
-    ``inner_step``, ``evaluation``).
+    Returns the results so far and a ready call per timed function: ``meta_step``,
+    ``inner_step`` (one learning step), ``one_run`` (T learning steps of one network) and
+    ``evaluation`` (T steps of ``runs`` networks at once, one `jax.vmap`).
     """
     program = setup.experiment.program
     config = setup.config
@@ -341,6 +346,7 @@ def compile_configuration(setup: Setup) -> tuple[dict[str, Any], dict[str, Calla
         "inner_steps": config.inner_steps,
         "inner_batch": config.inner_batch,
         "outer_batch": config.outer_batch,
+        "evaluation_runs": runs,
         "compile_s": {},
         "flops": meta_step_flops(setup),
     }
@@ -352,7 +358,7 @@ def compile_configuration(setup: Setup) -> tuple[dict[str, Any], dict[str, Calla
     calls["meta_step"] = meta_step_call(setup, meta_step)
 
     params = learner_params(setup)
-    sampled = episodes(setup, EVALUATION_RUNS)
+    sampled = episodes(setup, runs)
     x, target = sampled.train_x[0, 0], sampled.train_y[0, 0]
     inner_step, entry["compile_s"]["inner_step"] = compile_timed(
         jax.jit(program.step), params, one_network(setup), x, target
@@ -360,37 +366,44 @@ def compile_configuration(setup: Setup) -> tuple[dict[str, Any], dict[str, Calla
     entry["xla_flops"]["inner_step"] = xla_flops(inner_step)
     calls["inner_step"] = functools.partial(inner_step, params, one_network(setup), x, target)
 
+    one_run, entry["compile_s"]["one_run"] = compile_timed(
+        jax.jit(program.run), params, one_network(setup), sampled.train_x[0], sampled.train_y[0]
+    )
+    calls["one_run"] = functools.partial(
+        one_run, params, one_network(setup), sampled.train_x[0], sampled.train_y[0]
+    )
+
     init = functools.partial(program.init, batch_size=config.inner_batch)
-    states = jax.jit(jax.vmap(init))(jax.random.split(jax.random.key(1), EVALUATION_RUNS))
+    states = jax.jit(jax.vmap(init))(jax.random.split(jax.random.key(1), runs))
     evaluate = jax.jit(jax.vmap(program.run, in_axes=(None, 0, 0, 0)))
     arguments = (params, states, sampled.train_x, sampled.train_y)
     evaluation, entry["compile_s"]["evaluation"] = compile_timed(evaluate, *arguments)
     calls["evaluation"] = functools.partial(evaluation, *arguments)
-    entry["flops"]["evaluation"] = (
-        EVALUATION_RUNS * config.inner_steps * entry["flops"]["step_forward"]
-    )
+    entry["flops"]["evaluation"] = runs * config.inner_steps * entry["flops"]["step_forward"]
     return entry, calls
 
 
 def benchmark_configurations(
-    setups: list[Setup], repeats: int
+    setups: list[Setup], repeats: int, runs: int
 ) -> tuple[dict[str, Any], dict[str, Callable[[], Any]]]:
     """Compile and time the meta-step, inner step and evaluation of each setup.
 
-    Each kind of function is timed for all setups interleaved. Returns the results and the
-    call of each setup's compiled meta-step, by setup label.
+    Each kind of function is timed for all setups interleaved. The evaluation of ``runs``
+    networks is the slowest call, so it gets at most two timed rounds. Returns the results
+    and the call of each setup's compiled meta-step, by setup label.
     """
     results: dict[str, Any] = {}
     calls_by_kind: dict[str, dict[str, Callable[[], Any]]] = {}
     for setup in setups:
         print(f"compiling {setup.label} ...", flush=True)
-        results[setup.label], calls = compile_configuration(setup)
+        results[setup.label], calls = compile_configuration(setup, runs)
         for kind, call in calls.items():
             calls_by_kind.setdefault(kind, {})[setup.label] = call
 
     print("timing meta-steps, inner steps and evaluation runs ...", flush=True)
     for kind, calls in calls_by_kind.items():
-        for label, timing in time_interleaved(calls, repeats)[0].items():
+        rounds = min(repeats, 2) if kind == "evaluation" else repeats
+        for label, timing in time_interleaved(calls, rounds)[0].items():
             results[label][f"{kind}_s"] = timing.median_wall
             results[label][f"{kind}_cpu_s"] = timing.median_cpu
             results[label][f"{kind}_samples"] = timing._asdict()
@@ -398,7 +411,7 @@ def benchmark_configurations(
     for entry in results.values():
         flops = entry["flops"]
         entry["evaluation_steps_per_s"] = (
-            EVALUATION_RUNS * entry["inner_steps"] / entry["evaluation_s"]
+            entry["evaluation_runs"] * entry["inner_steps"] / entry["evaluation_s"]
         )
         entry["gflops_per_s"] = {
             "meta_step": flops["meta_step"] / entry["meta_step_s"] / 1e9,
@@ -560,7 +573,8 @@ def run_child_rss(data_dir: Path, steps: int, remat: bool) -> None:
 
     The peak is the VmHWM line of /proc/self/status, the high-water mark of this process's
     own memory. ``getrusage``'s ``ru_maxrss`` would not do: Linux carries the parent's peak
-    over into a child that it forks and executes, and the parent holds many programs.
+    over into a child that it forks and executes, and the parent keeps many compiled
+    programs in memory.
     """
     status = Path("/proc/self/status")
     if not status.is_file():
@@ -582,25 +596,36 @@ def run_child_rss(data_dir: Path, steps: int, remat: bool) -> None:
 
 def print_report(report: dict[str, Any]) -> None:
     peak = report["peak"]["gflops"]
+    start, end = report["peak"]["start"]["gflops"], report["peak"]["end"]["gflops"]
     print()
     print(
-        f"float32 matmul peak (best of {len(report['peak']['start']['wall_s'])}, at start "
-        f"and end): {peak:.1f} GFLOP/s"
+        f"float32 {MATMUL_SIZE} x {MATMUL_SIZE} matmul peak: {peak:.1f} GFLOP/s "
+        f"(best of {len(report['peak']['start']['wall_s'])} at the start: {start:.1f}, "
+        f"at the end: {end:.1f})"
     )
     print()
-    header = (
-        f"{'configuration':18s} {'compile s':>9s} {'meta-step s':>11s} {'cpu s':>7s} "
-        f"{'inner ms':>9s} {'eval steps/s':>12s} {'GFLOP meta':>10s} {'XLA GFLOP':>9s} "
-        f"{'GFLOP/s':>8s} {'% peak':>6s}"
+    print(
+        f"{'configuration':18s} {'compile s':>9s} {'meta-step s':>11s} {'cpu s':>6s} "
+        f"{'step ms':>8s} {'run s':>6s} {'eval steps/s':>12s}"
     )
-    print(header)
     for label, entry in report["configurations"].items():
-        rate = entry["gflops_per_s"]["meta_step"]
         print(
             f"{label:18s} {entry['compile_s']['meta_step']:9.1f} {entry['meta_step_s']:11.3f} "
-            f"{entry['meta_step_cpu_s']:7.2f} {entry['inner_step_s'] * 1e3:9.1f} "
-            f"{entry['evaluation_steps_per_s']:12.1f} {entry['flops']['meta_step'] / 1e9:10.2f} "
-            f"{entry['xla_flops']['meta_step'] / 1e9:9.2f} {rate:8.2f} {100 * rate / peak:6.1f}"
+            f"{entry['meta_step_cpu_s']:6.2f} {entry['inner_step_s'] * 1e3:8.1f} "
+            f"{entry['one_run_s']:6.3f} {entry['evaluation_steps_per_s']:12.1f}"
+        )
+    print()
+    print(
+        f"{'configuration':18s} {'meta GFLOP':>10s} {'XLA GFLOP':>9s} {'meta GFLOP/s':>12s} "
+        f"{'% peak':>6s} {'eval GFLOP/s':>12s} {'% peak':>6s}"
+    )
+    for label, entry in report["configurations"].items():
+        rates = entry["gflops_per_s"]
+        print(
+            f"{label:18s} {entry['flops']['meta_step'] / 1e9:10.2f} "
+            f"{entry['xla_flops']['meta_step'] / 1e9:9.2f} {rates['meta_step']:12.1f} "
+            f"{100 * rates['meta_step'] / peak:6.1f} {rates['evaluation']:12.1f} "
+            f"{100 * rates['evaluation'] / peak:6.1f}"
         )
 
     if report.get("comparisons"):
@@ -637,8 +662,9 @@ def print_report(report: dict[str, Any]) -> None:
             f"{entry['total_gib']:9.2f} {rss}  {entry['fits_8_gib']}"
         )
     print()
+    sections = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["section_s"].items())
     print(
-        f"total benchmark time {report['total_s']:.0f} s; load average at start "
+        f"total benchmark time {report['total_s']:.0f} s ({sections}); load average at start "
         f"{report['environment']['load_average_at_start'][0]:.1f}, at end "
         f"{report['load_average_at_end'][0]:.1f}"
     )
@@ -661,31 +687,41 @@ def main(argv: list[str] | None = None) -> int:
     peak_repeats = 3 if args.quick else 5
     report["peak"] = {"start": measure_peak(peak_repeats)}
 
-    kinds = [("sinusoid", "stateless"), ("sinusoid", "stateful"), ("mnist", "stateful")]
-    if not args.quick:
-        kinds.insert(2, ("mnist", "stateless"))
+    if args.quick:
+        kinds = [("sinusoid", "stateful"), ("mnist", "stateful")]
+    else:
+        kinds = [("sinusoid", "stateless"), ("sinusoid", "stateful")]
+        kinds += [("mnist", "stateless"), ("mnist", "stateful")]
     setups = {
         f"{name}-{kind}": prepare(f"{name}-{kind}", make_config(name, kind), data_dir)
         for name, kind in kinds
     }
+    runs = QUICK_EVALUATION_RUNS if args.quick else EVALUATION_RUNS
+    sections: dict[str, float] = {}
+    section_start = time.perf_counter()
     report["configurations"], meta_steps = benchmark_configurations(
-        list(setups.values()), args.repeats
+        list(setups.values()), args.repeats, runs
     )
+    sections["configurations"] = time.perf_counter() - section_start
 
     known = {(20, False): report["configurations"]["mnist-stateful"]["memory"]}
-    if not args.quick:
+    if args.quick:
+        entry: dict[str, Any] = {"inner_steps": 20, "remat": False, **known[(20, False)]}
+        entry["fits_8_gib"] = entry["total_gib"] < MEMORY_LIMIT_GIB
+        report["memory"] = [entry]
+    else:
+        section_start = time.perf_counter()
         remat = prepare(
             "mnist-stateful-remat", make_config("mnist", "stateful", remat=True), data_dir
         )
         report["comparisons"], known[(20, True)] = benchmark_comparisons(
             setups["mnist-stateful"], setups["mnist-stateless"], remat, meta_steps, args.repeats
         )
-    if args.quick:
-        entry: dict[str, Any] = {"inner_steps": 20, "remat": False, **known[(20, False)]}
-        entry["fits_8_gib"] = entry["total_gib"] < MEMORY_LIMIT_GIB
-        report["memory"] = [entry]
-    else:
+        sections["comparisons"] = time.perf_counter() - section_start
+        section_start = time.perf_counter()
         report["memory"] = benchmark_memory(data_dir, known, args.rss)
+        sections["memory"] = time.perf_counter() - section_start
+    report["section_s"] = sections
 
     report["peak"]["end"] = measure_peak(peak_repeats)
     report["peak"]["gflops"] = max(

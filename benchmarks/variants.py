@@ -1,6 +1,6 @@
 """Alternative implementations of parts of `mplp.learners.rules`, for side-by-side timing.
 
-Each variant computes the same values as the library function it replaces; `patched` swaps
+Each variant computes the same values as the library function it replaces. `patched` swaps
 it in while a function is traced, so the benchmark can compile both versions in one process.
 The shared-projection versions are the library's rules before they were changed to one
 projection per consumer (see docs/performance.md); like the library's rules they are
@@ -35,7 +35,7 @@ def patched(variants: Sequence[Variant]) -> Iterator[None]:
     """Replace the named attributes of `mplp.learners.rules` inside the block.
 
     The rules module looks these names up when a learner is traced, so a function lowered
-    inside the block uses the replacements; compiled code keeps them after the block ends.
+    inside the block uses the replacements. Compiled code keeps them after the block ends.
     JAX's tracing caches are cleared on entry and exit, because `jax.checkpoint` reuses the
     traced body of a rule from an earlier trace and would hide a replacement inside it.
     """
@@ -68,7 +68,8 @@ def broadcast_plain(values: Array, size: int) -> Array:
 def stateless_shared(
     params: Params, parts: Sequence[Array], leading: tuple[int, ...], message_size: int
 ) -> rules.RuleOutput:
-    """The stateless rule with one first-layer projection for f and g, split afterwards."""
+    """Evaluate the stateless rule with one first-layer projection for f and g, split
+    afterwards."""
     names = [name for name in ("f", "g") if name in params]
     first = jnp.concatenate([params[name][0]["w"] for name in names], axis=1)
     bias = jnp.concatenate([params[name][0]["b"] for name in names])
@@ -91,7 +92,8 @@ def stateless_shared(
 def stateful_shared(
     params: Params, parts: Sequence[Array], carry: Array, message_size: int
 ) -> rules.RuleOutput:
-    """The stateful cell with one projection for both gates and MLPx's first layer."""
+    """Advance the stateful cell with one projection for both gates and MLPx's first
+    layer."""
     width = carry.shape[-1]
     mlp_x = params["mlp_x"]
     first = jnp.concatenate([params["update_x"], params["reset_x"], mlp_x[0]["w"]], axis=1)

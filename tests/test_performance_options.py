@@ -29,7 +29,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load_fused_mnist() -> ModuleType:
-    """Import benchmarks/fused_mnist.py, which is a script folder, not a package."""
+    """Import benchmarks/fused_mnist.py by path, because benchmarks/ is not a package."""
     spec = importlib.util.spec_from_file_location("fused_mnist", BENCHMARKS / "fused_mnist.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -68,7 +68,7 @@ def test_fused_meta_gradient_matches(fused_check: dict) -> None:
 
 
 def small_experiment() -> object:
-    """The sinusoid experiment, shrunk so that compiling its meta-step takes seconds."""
+    """Build the sinusoid experiment, shrunk so that compiling its meta-step takes seconds."""
     base = EXPERIMENTS["sinusoid"]
     network = base.network.model_copy(update={"sizes": (1, 4, 1)})
     learner = base.learner.model_copy(update={"message_size": 2, "hidden_size": 3})
