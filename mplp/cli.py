@@ -4,7 +4,8 @@ Usage::
 
     mplp train sinusoid --out runs/sinusoid [--steps N] [--seed S] [--resume] [--data-dir D]
     mplp evaluate runs/sinusoid [--runs N] [--seed S] [--data-dir D] [--transfer step]
-    mplp evaluate --pretrained sinusoid [--out DIR]
+    mplp evaluate --pretrained sinusoid [--out DIR] [--baseline adam=0.01]
+    mplp sweep mnist [--optimizer sgd] [--rates 0.01 0.1 1] [--runs N] [--out sweep.json]
     mplp experiments
     mplp graph show sinusoid --out graph.png [--summary]
 
@@ -15,7 +16,9 @@ status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,12 +26,19 @@ from typing import NoReturn
 
 from mplp.graphcore import Graph, GraphError, Program, draw, load_graph, summary
 from mplp.meta.checkpoint import CheckpointError
-from mplp.meta.config import EXPERIMENTS, ConfigError, ExperimentConfig, get_experiment
+from mplp.meta.config import (
+    EXPERIMENTS,
+    BaselineConfig,
+    ConfigError,
+    ExperimentConfig,
+    get_experiment,
+)
 from mplp.meta.evaluation import (
     TRANSFERS,
     EvaluationResult,
     evaluate,
     format_table,
+    sweep_learning_rates,
     transfer_overrides,
 )
 from mplp.meta.figures import plot_evaluation
@@ -45,6 +55,10 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 # The shell convention for a process ended by SIGINT: 128 + 2.
 EXIT_INTERRUPTED = 130
+SWEEP_OPTIMIZERS = ("sgd", "adam")
+# Half-decade steps from 1e-3 to 3: wide enough for SGD and Adam on both built-in tasks.
+DEFAULT_SWEEP_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+DEFAULT_SWEEP_RUNS = 100
 
 logger = logging.getLogger(PROGRAM)
 
@@ -151,7 +165,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="MNIST only: also evaluate on a step-activation network (step) or a 784-100-10 "
         "network on 28x28 images (784); repeat to run both",
     )
+    evaluate_parser.add_argument(
+        "--baseline",
+        action="append",
+        type=_baseline,
+        default=[],
+        metavar="OPTIMIZER=RATE",
+        help="compare against this optimizer (sgd or adam) at this learning rate instead of "
+        "the run's baselines, e.g. adam=0.01; repeat for several (see 'mplp sweep')",
+    )
     evaluate_parser.set_defaults(handler=run_evaluate)
+
+    sweep_parser = commands.add_parser(
+        "sweep",
+        help="choose the learning rates of the SGD and Adam baselines",
+        description="Train fresh networks of an experiment with SGD and Adam at several "
+        "learning rates, on training data only, and print the mean final training loss of "
+        "each rate. The lowest loss marks the rate to pass to 'mplp evaluate --baseline'.",
+    )
+    sweep_parser.add_argument(
+        "source",
+        metavar="EXPERIMENT_OR_RUN",
+        help="built-in experiment name, a .json configuration or a run folder of 'mplp train'",
+    )
+    sweep_parser.add_argument(
+        "--optimizer",
+        action="append",
+        choices=SWEEP_OPTIMIZERS,
+        default=[],
+        help="optimizer to sweep; repeat for several (default: sgd and adam)",
+    )
+    sweep_parser.add_argument(
+        "--rates",
+        nargs="+",
+        type=_positive_float,
+        default=list(DEFAULT_SWEEP_RATES),
+        metavar="RATE",
+        help="learning rates to try (default: %(default)s)",
+    )
+    sweep_parser.add_argument(
+        "--runs",
+        type=_positive_int,
+        default=DEFAULT_SWEEP_RUNS,
+        help="runs per rate, each a fresh network and task (default: %(default)s)",
+    )
+    sweep_parser.add_argument("--seed", type=int, default=0, help="sweep seed")
+    sweep_parser.add_argument("--data-dir", type=Path, help="folder with the MNIST .gz files")
+    sweep_parser.add_argument("--out", type=Path, help="also write the losses to this JSON file")
+    sweep_parser.set_defaults(handler=run_sweep)
 
     experiments_parser = commands.add_parser(
         "experiments",
@@ -226,6 +287,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run folder or a pretrained learner and write the results."""
     source, out_dir = _evaluation_folders(args)
     config, step, meta_state = load_run(source, data_dir=args.data_dir)
+    if args.baseline:
+        config = config.model_copy(update={"baselines": tuple(args.baseline)})
     # Checked before the first evaluation, so an invalid transfer fails at once.
     transfers = {name: transfer_overrides(config, name) for name in args.transfer}
     runs = args.runs or config.evaluation_runs
@@ -250,6 +313,77 @@ def run_evaluate(args: argparse.Namespace) -> int:
         )
         _report(transferred, out_dir, f"evaluation-transfer-{name}")
     return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    """Sweep the learning rates of SGD and Adam on an experiment and print the losses."""
+    source = Path(args.source)
+    config = read_run_config(source) if source.is_dir() else get_experiment(args.source)
+    optimizers = tuple(dict.fromkeys(args.optimizer)) or SWEEP_OPTIMIZERS
+    rates = sorted(set(args.rates))
+    logger.info(
+        "sweeping %s on %s: %d rates, %d runs each, seed %d",
+        " and ".join(optimizers),
+        config.name,
+        len(rates),
+        args.runs,
+        args.seed,
+    )
+
+    experiment = build_experiment(config, args.data_dir)
+    losses = {
+        optimizer: sweep_learning_rates(experiment, optimizer, rates, args.runs, args.seed)
+        for optimizer in optimizers
+    }
+    best = {optimizer: _best_rate(losses[optimizer]) for optimizer in optimizers}
+    print(format_sweep(config.name, args.runs, losses, best))
+
+    if args.out is not None:
+        document = {
+            "experiment": config.name,
+            "runs": args.runs,
+            "seed": args.seed,
+            "score": "mean final loss on the T x B inner training examples",
+            "losses": {
+                optimizer: {f"{rate:g}": _json_number(loss) for rate, loss in table.items()}
+                for optimizer, table in losses.items()
+            },
+            "best": best,
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(document, indent=2) + "\n")
+        logger.info("wrote %s", args.out)
+    return 0
+
+
+def format_sweep(
+    experiment: str,
+    runs: int,
+    losses: dict[str, dict[float, float]],
+    best: dict[str, float | None],
+) -> str:
+    """Format sweep losses as a Markdown table: one row per rate, one column per optimizer.
+
+    The lowest finite loss of each optimizer is marked with ``*``; a diverged rate shows its
+    non-finite value.
+    """
+    optimizers = list(losses)
+    rates = sorted({rate for table in losses.values() for rate in table})
+    header = "| learning rate | " + " | ".join(f"{name} loss" for name in optimizers) + " |"
+    lines = [
+        f"Final training loss, mean over {runs} runs ({experiment}); * marks the lowest",
+        "",
+        header,
+        "|" + " --- |" * (len(optimizers) + 1),
+    ]
+    for rate in rates:
+        cells = []
+        for name in optimizers:
+            loss = losses[name].get(rate)
+            mark = " *" if best[name] == rate else ""
+            cells.append("" if loss is None else f"{_format_loss(loss)}{mark}")
+        lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def run_experiments(args: argparse.Namespace) -> int:
@@ -340,6 +474,43 @@ def _report(result: EvaluationResult, out_dir: Path, stem: str) -> None:
     json_path.write_text(result.to_json())
     png_path = plot_evaluation(result, out_dir / f"{stem}.png")
     logger.info("wrote %s and %s", json_path, png_path)
+
+
+def _format_loss(loss: float) -> str:
+    # Four decimals for the usual losses, and a short exponent for a diverged rate's overflow.
+    return f"{loss:.4f}" if abs(loss) < 1e6 else f"{loss:.3g}"
+
+
+def _best_rate(losses: dict[float, float]) -> float | None:
+    """Return the rate with the lowest finite loss, or None when every rate diverged."""
+    finite = {rate: loss for rate, loss in losses.items() if math.isfinite(loss)}
+    return min(finite, key=finite.__getitem__) if finite else None
+
+
+def _json_number(value: float) -> float | None:
+    # JSON has no NaN or infinity; a diverged rate is written as null.
+    return value if math.isfinite(value) else None
+
+
+def _baseline(text: str) -> BaselineConfig:
+    """Parse ``OPTIMIZER=RATE`` into a baseline, e.g. ``adam=0.01``."""
+    optimizer, separator, rate_text = text.partition("=")
+    if not separator or optimizer not in SWEEP_OPTIMIZERS:
+        raise argparse.ArgumentTypeError(
+            f"invalid baseline '{text}': write OPTIMIZER=RATE with OPTIMIZER sgd or adam, "
+            "e.g. adam=0.01"
+        )
+    return BaselineConfig(optimizer=optimizer, learning_rate=_positive_float(rate_text))
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number '{text}'") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -280,3 +280,102 @@ def test_evaluate_pretrained_into_out(
     assert (out / "evaluation.json").is_file()
     assert (out / "evaluation.png").is_file()
     assert not (fake_pretrained / "evaluation.json").exists()
+
+
+def test_evaluate_baseline_override(
+    tiny_run: TinyRun, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "override"
+    arguments = ["--baseline", "sgd=0.3", "--baseline", "adam=0.02", "--out", str(out)]
+    status = main(["evaluate", str(tiny_run.run_dir), "--runs", "2", *arguments])
+    assert status == 0
+    document = json.loads((out / "evaluation.json").read_text())
+    labels = [method["label"] for method in document["methods"]]
+    assert labels == ["MPLP", "SGD lr 0.3", "Adam lr 0.02"]
+
+
+@pytest.mark.parametrize("text", ["adam", "rmsprop=0.1", "sgd=-1", "adam=fast", "sgd=nan"])
+def test_evaluate_rejects_invalid_baseline(
+    tiny_run: TinyRun, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status = main(["evaluate", str(tiny_run.run_dir), "--baseline", text])
+    assert status == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1
+    assert "--baseline" in lines[0]
+
+
+# Learning-rate sweep.
+
+
+@pytest.fixture(scope="module")
+def sweep_output(tiny_run: TinyRun, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    """Sweep SGD and Adam at four rates on the tiny run's configuration."""
+    out = tmp_path_factory.mktemp("sweep") / "sweep.json"
+    rates = ["0.001", "0.1", "1e6", "0.01"]
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        status = main(
+            ["sweep", str(tiny_run.run_dir), "--rates", *rates, "--runs", "2", "--out", str(out)]
+        )
+    assert status == 0
+    return output.getvalue(), json.loads(out.read_text())
+
+
+def test_sweep_writes_every_rate(sweep_output: tuple[str, dict]) -> None:
+    _, document = sweep_output
+    assert document["experiment"] == "tiny-cli"
+    assert document["runs"] == 2
+    assert set(document["losses"]) == {"sgd", "adam"}
+    assert set(document["losses"]["sgd"]) == {"0.001", "0.01", "0.1", "1e+06"}
+
+
+def test_sweep_best_is_lowest_finite(sweep_output: tuple[str, dict]) -> None:
+    _, document = sweep_output
+    for optimizer, losses in document["losses"].items():
+        finite = {float(rate): loss for rate, loss in losses.items() if loss is not None}
+        assert document["best"][optimizer] == min(finite, key=finite.__getitem__)
+
+
+def test_sweep_diverged_rate_is_null(sweep_output: tuple[str, dict]) -> None:
+    _, document = sweep_output
+    # SGD at a learning rate of a million overflows on the sinusoid task.
+    assert document["losses"]["sgd"]["1e+06"] is None
+
+
+def test_sweep_prints_table_sorted(sweep_output: tuple[str, dict]) -> None:
+    output, _ = sweep_output
+    rows = [line for line in output.splitlines() if line.startswith("| 0") or "e+06" in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["0.001", "0.01", "0.1", "1e+06"]
+    assert sum(row.count(" *") for row in rows) == 2
+
+
+def test_sweep_one_optimizer(tiny_run: TinyRun, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["sweep", "tiny-cli-missing.json", "--runs", "1"])
+    assert status == 2
+    assert "tiny-cli-missing.json" in error_lines(capsys)[0]
+
+    status = main(
+        [
+            "sweep",
+            str(tiny_run.config_path),
+            "--optimizer",
+            "adam",
+            "--rates",
+            "0.01",
+            "--runs",
+            "1",
+        ]
+    )
+    assert status == 0
+    output = capsys.readouterr().out
+    assert "adam loss" in output
+    assert "sgd loss" not in output
+
+
+@pytest.mark.parametrize("rate", ["0", "-0.1", "inf", "x"])
+def test_sweep_rejects_invalid_rate(rate: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sweep", "sinusoid", "--rates", rate]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1
+    assert "--rates" in lines[0]
