@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import mplp
-from mplp import Arrow, Fields, FieldSpec, Graph, Group, NodeKind
+from mplp import Arrow, Fields, FieldSpec, Graph, Group, NodeKind, connect
 from mplp.nodes.common import aggregate_axis, check_rank, float_option
 from mplp.tasks import sinusoid
 
@@ -139,26 +139,13 @@ def probe_graph(aggregate: str) -> Graph:
     chain = ["input", "dense0", "bias0", "act0", "dense1", "bias1", "loss"]
     arrows = []
     for source, target in zip(chain[:-1], chain[1:], strict=True):
-        connection = "dense" if target.startswith("dense") else "elementwise"
-        arrows.append(
-            Arrow(
-                name=f"{source}->{target}",
-                kind="forward",
-                source=source,
-                target=target,
-                connection=connection,
-            )
+        arrows += connect(
+            source,
+            target,
+            connection="dense" if target.startswith("dense") else "elementwise",
+            aggregate=aggregate,
+            backward=source != "input",
         )
-        if source != "input":
-            arrows.append(
-                Arrow(
-                    name=f"{target}->{source}",
-                    kind="backward",
-                    source=target,
-                    target=source,
-                    aggregate=aggregate,
-                )
-            )
     arrows += [
         Arrow(
             name="act0->probe", kind="forward", source="act0", target="probe", connection="dense"

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 import mplp
-from mplp import Arrow, Graph, Group
+from mplp import Graph, Group, connect
 from mplp.meta import Episode, meta_optimizer, task_loss
 from mplp.tasks import sinusoid
 
@@ -82,26 +82,13 @@ def residual_graph(hidden: int, aggregate: str, init_std: float = 0.05) -> Graph
     )
     arrows = []
     for source, target in FORWARD_PAIRS:
-        connection = "dense" if target.startswith("dense") else "elementwise"
-        arrows.append(
-            Arrow(
-                name=f"{source}->{target}",
-                kind="forward",
-                source=source,
-                target=target,
-                connection=connection,
-            )
+        arrows += connect(
+            source,
+            target,
+            connection="dense" if target.startswith("dense") else "elementwise",
+            aggregate=aggregate,
+            backward=source != "input",
         )
-        if source != "input":
-            arrows.append(
-                Arrow(
-                    name=f"{target}->{source}",
-                    kind="backward",
-                    source=target,
-                    target=source,
-                    aggregate=aggregate,
-                )
-            )
     return Graph(groups=groups, arrows=tuple(arrows))
 
 

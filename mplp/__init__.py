@@ -27,6 +27,7 @@ from mplp.graphcore import Schedule as Schedule
 from mplp.graphcore import State as State
 from mplp.graphcore import build_schedule as build_schedule
 from mplp.graphcore import compile_graph as compile_graph
+from mplp.graphcore import connect as connect
 from mplp.graphcore import draw as draw
 from mplp.graphcore import get_kind as get_kind
 from mplp.graphcore import load_graph as load_graph

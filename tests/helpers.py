@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mplp import Arrow, Graph, Group
+from mplp import Arrow, Graph, Group, connect
 
 Array = jax.Array
 Layers = list[tuple[Array, Array]]
@@ -182,12 +182,15 @@ def chain_arrows(
     """Return a forward arrow per ``(source, target)`` pair and the mirroring backward arrow,
     except towards ``input_group``. Arrows into a group named ``dense*`` use the dense
     connection."""
-    arrows = []
+    arrows: list[Arrow] = []
     for source, target in pairs:
-        connection = "dense" if target.startswith("dense") else "elementwise"
-        arrows.append(forward_arrow(source, target, connection))
-        if source != input_group:
-            arrows.append(backward_arrow(target, source, aggregate))
+        arrows += connect(
+            source,
+            target,
+            connection="dense" if target.startswith("dense") else "elementwise",
+            aggregate=aggregate,
+            backward=source != input_group,
+        )
     return arrows
 
 

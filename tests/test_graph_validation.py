@@ -4,6 +4,7 @@ static schedule."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 import mplp
 from helpers import backward_arrow as backward
@@ -161,6 +162,78 @@ def any_aggregate_learner() -> mplp.Learner:
     # The gradient learner rejects 'mean' outright, so the mixed case needs a learner that
     # accepts both aggregations.
     return GRADIENT._replace(name="any-aggregate", exact_gradient=False)
+
+
+# Arrow pairs from connect.
+
+
+def test_connect_arrow_fields() -> None:
+    forward_arrow, backward_arrow = mplp.connect("dense", "bias", aggregate="sum")
+
+    assert forward_arrow == Arrow(
+        name="dense->bias", kind="forward", source="dense", target="bias", connection="elementwise"
+    )
+    assert backward_arrow == Arrow(
+        name="bias->dense", kind="backward", source="bias", target="dense", aggregate="sum"
+    )
+
+
+def test_connect_default_aggregate() -> None:
+    _, backward_arrow = mplp.connect("dense", "bias")
+
+    assert backward_arrow.aggregate == "mean"
+
+
+def test_connect_without_backward() -> None:
+    arrows = mplp.connect("input", "dense", backward=False)
+
+    assert len(arrows) == 1
+    assert arrows[0].name == "input->dense"
+    assert arrows[0].kind == "forward"
+
+
+def test_connect_dense_only_forward() -> None:
+    forward_arrow, backward_arrow = mplp.connect("act", "dense", connection="dense")
+
+    assert forward_arrow.connection == "dense"
+    assert backward_arrow.connection == "elementwise"
+
+
+def test_connect_pairs_pass_validation() -> None:
+    arrows = (
+        *mplp.connect("input", "dense", connection="dense", backward=False),
+        *mplp.connect("dense", "bias", aggregate="sum"),
+        *mplp.connect("bias", "loss", aggregate="sum"),
+    )
+    graph = Graph(groups=tuple(base_groups()), arrows=arrows)
+
+    kinds = validate_graph(graph)
+
+    assert set(kinds) == {"input", "dense", "bias", "loss"}
+    assert [arrow.name for arrow in arrows] == [
+        "input->dense",
+        "dense->bias",
+        "bias->dense",
+        "bias->loss",
+        "loss->bias",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        pytest.param("bad name", "bias", id="space-in-forward-name"),
+        pytest.param("dense", "9bias", id="backward-name-starts-with-digit"),
+    ],
+)
+def test_connect_invalid_name(source: str, target: str) -> None:
+    with pytest.raises(ValidationError, match="String should match pattern"):
+        mplp.connect(source, target)
+
+
+def test_connect_invalid_aggregate() -> None:
+    with pytest.raises(ValidationError, match="aggregate"):
+        mplp.connect("dense", "bias", aggregate="max")
 
 
 # Shapes and connections.

@@ -32,7 +32,7 @@ import pytest
 
 import mplp
 from helpers import random_batch
-from mplp import Arrow, Graph, Group
+from mplp import Arrow, Graph, Group, connect
 from mplp.learners import SHARING_MODES, gradient, stateful, stateless
 
 MESSAGE_SIZE = 3
@@ -84,27 +84,15 @@ def skip_graph(aggregate: str) -> Graph:
         ("zskip", "bias1", "elementwise"),
         ("bias1", "loss", "elementwise"),
     ]
-    arrows = []
+    arrows: list[Arrow] = []
     for source, target, connection in forward:
-        arrows.append(
-            Arrow(
-                name=f"{source}->{target}",
-                kind="forward",
-                source=source,
-                target=target,
-                connection=connection,
-            )
+        arrows += connect(
+            source,
+            target,
+            connection=connection,
+            aggregate=aggregate,
+            backward=source != "input",
         )
-        if source != "input":
-            arrows.append(
-                Arrow(
-                    name=f"{target}->{source}",
-                    kind="backward",
-                    source=target,
-                    target=source,
-                    aggregate=aggregate,
-                )
-            )
     return Graph(groups=groups, arrows=tuple(arrows))
 
 

@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mplp
-from mplp import Arrow, Graph, Group
+from helpers import chain_arrows
+from mplp import Graph, Group
 
 Array = jax.Array
 Parameters = dict[str, dict[str, Array]]
@@ -101,28 +102,7 @@ def build_graph(spec: Spec) -> Graph:
     groups.append(Group(name="loss", kind="l2", shape=(width,)))
     pairs.append((previous, "loss"))
 
-    arrows = []
-    for source, target in pairs:
-        connection = "dense" if target.startswith("dense") else "elementwise"
-        arrows.append(
-            Arrow(
-                name=f"{source}->{target}",
-                kind="forward",
-                source=source,
-                target=target,
-                connection=connection,
-            )
-        )
-        if source != "input":
-            arrows.append(
-                Arrow(
-                    name=f"{target}->{source}",
-                    kind="backward",
-                    source=target,
-                    target=source,
-                    aggregate="sum",
-                )
-            )
+    arrows = chain_arrows(pairs, aggregate="sum")
     return Graph(groups=tuple(groups), arrows=tuple(arrows))
 
 
@@ -242,28 +222,7 @@ def dead_branch_graph(aggregate: str) -> Graph:
         ("dense_side", "bias_side"),
         ("bias_side", "act_side"),
     ]
-    arrows = []
-    for source, target in pairs:
-        connection = "dense" if target.startswith("dense") else "elementwise"
-        arrows.append(
-            Arrow(
-                name=f"{source}->{target}",
-                kind="forward",
-                source=source,
-                target=target,
-                connection=connection,
-            )
-        )
-        if source != "input":
-            arrows.append(
-                Arrow(
-                    name=f"{target}->{source}",
-                    kind="backward",
-                    source=target,
-                    target=source,
-                    aggregate=aggregate,
-                )
-            )
+    arrows = chain_arrows(pairs, aggregate=aggregate)
     return Graph(groups=groups, arrows=tuple(arrows))
 
 

@@ -10,6 +10,7 @@ group: the first layer's outgoing message has no receiver.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import jax
 
@@ -22,8 +23,10 @@ from mplp.graphcore import (
     Program,
     State,
     compile_graph,
+    connect,
     registered_kinds,
 )
+from mplp.graphcore.schema import Aggregate
 from mplp.nodes import ACTIVATION_FUNCTIONS, DEFAULT_INIT_STD, LOSSES
 
 Array = jax.Array
@@ -93,28 +96,17 @@ def mlp_graph(
     groups.append(Group(name=LOSS_GROUP, kind=loss, shape=(sizes[-1],)))
     chain.append(LOSS_GROUP)
 
-    arrows = []
+    # The check at the top rejects any aggregate other than 'mean' or 'sum'.
+    backward_aggregate = cast(Aggregate, aggregate)
+    arrows: list[Arrow] = []
     for source, target in zip(chain[:-1], chain[1:], strict=True):
-        connection = "dense" if target.startswith("dense") else "elementwise"
-        arrows.append(
-            Arrow(
-                name=f"{source}->{target}",
-                kind="forward",
-                source=source,
-                target=target,
-                connection=connection,
-            )
+        arrows += connect(
+            source,
+            target,
+            connection="dense" if target.startswith("dense") else "elementwise",
+            aggregate=backward_aggregate,
+            backward=source != INPUT_GROUP,
         )
-        if source != INPUT_GROUP:
-            arrows.append(
-                Arrow(
-                    name=f"{target}->{source}",
-                    kind="backward",
-                    source=target,
-                    target=source,
-                    aggregate=aggregate,
-                )
-            )
     return Graph(groups=tuple(groups), arrows=tuple(arrows))
 
 

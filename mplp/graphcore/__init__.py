@@ -31,3 +31,4 @@ from mplp.graphcore.learning import LearnerParams as LearnerParams
 from mplp.graphcore.schema import Arrow as Arrow
 from mplp.graphcore.schema import Graph as Graph
 from mplp.graphcore.schema import Group as Group
+from mplp.graphcore.schema import connect as connect

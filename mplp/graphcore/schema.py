@@ -76,6 +76,58 @@ class Arrow(BaseModel):
     aggregate: Aggregate = "mean"
 
 
+def connect(
+    source: str,
+    target: str,
+    *,
+    connection: Connection = "elementwise",
+    aggregate: Aggregate = "mean",
+    backward: bool = True,
+) -> tuple[Arrow, ...]:
+    """Build a forward arrow and, unless ``backward`` is false, the backward arrow mirroring it.
+
+    Returns the forward arrow ``source->target`` followed by the backward arrow
+    ``target->source``, which carries messages from ``target`` back to ``source``, or the
+    forward arrow alone when ``backward`` is false. Invalid names and values raise pydantic's
+    ``ValidationError``, as constructing `Arrow` does.
+
+    Args:
+        source: Name of the group that sends values forward.
+        target: Name of the group that receives them.
+        connection: Connection of the forward arrow (see `Arrow`). Backward arrows keep the
+            default, ``elementwise``.
+        aggregate: Aggregate of the backward arrow (see `Arrow`).
+        backward: Whether to add the backward arrow. Pass ``False`` for an arrow out of the
+            input group, which has nothing to learn and must not receive messages.
+
+    Example::
+
+        arrows = (
+            *connect("input", "dense0", connection="dense", backward=False),
+            *connect("dense0", "bias0", aggregate="sum"),
+            *connect("bias0", "loss", aggregate="sum"),
+        )
+    """
+    forward_arrow = Arrow(
+        name=f"{source}->{target}",
+        kind="forward",
+        source=source,
+        target=target,
+        connection=connection,
+    )
+    if not backward:
+        return (forward_arrow,)
+
+    backward_arrow = Arrow(
+        name=f"{target}->{source}",
+        kind="backward",
+        source=target,
+        target=source,
+        aggregate=aggregate,
+    )
+    return (forward_arrow, backward_arrow)
+
+
 class Graph(BaseModel):
     """A multigraph of node groups and arrows, serialisable to JSON.
 
