@@ -56,7 +56,8 @@ EXIT_FAILURE = 1
 # The shell convention for a process ended by SIGINT: 128 + 2.
 EXIT_INTERRUPTED = 130
 SWEEP_OPTIMIZERS = ("sgd", "adam")
-# Half-decade steps from 1e-3 to 3: wide enough for SGD and Adam on both built-in tasks.
+# Half-decade steps from 1e-3 to 3. On the mnist experiment the best rates (SGD 1, Adam 0.03)
+# lie inside this range.
 DEFAULT_SWEEP_RATES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 DEFAULT_SWEEP_RUNS = 100
 

@@ -350,11 +350,13 @@ def test_sweep_prints_table_sorted(sweep_output: tuple[str, dict]) -> None:
     assert sum(row.count(" *") for row in rows) == 2
 
 
-def test_sweep_one_optimizer(tiny_run: TinyRun, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sweep_missing_file_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["sweep", "tiny-cli-missing.json", "--runs", "1"])
     assert status == 2
     assert "tiny-cli-missing.json" in error_lines(capsys)[0]
 
+
+def test_sweep_one_optimizer(tiny_run: TinyRun, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(
         [
             "sweep",
