@@ -6,6 +6,7 @@ Usage::
     mplp evaluate runs/sinusoid [--runs N] [--seed S] [--data-dir D] [--transfer step]
     mplp evaluate --pretrained sinusoid [--out DIR] [--baseline adam=0.01]
     mplp sweep mnist [--optimizer sgd] [--rates 0.01 0.1 1] [--runs N] [--out sweep.json]
+    mplp curve runs/mnist [--out curve.png] [--window 50]
     mplp experiments
     mplp graph show sinusoid --out graph.png [--summary]
 
@@ -41,16 +42,17 @@ from mplp.meta.evaluation import (
     sweep_learning_rates,
     transfer_overrides,
 )
-from mplp.meta.figures import plot_evaluation
+from mplp.meta.figures import plot_evaluation, plot_meta_training
 from mplp.meta.optim import NonFiniteUpdateError
 from mplp.meta.setup import build_experiment, build_learner, build_program
-from mplp.meta.trainer import CONFIG_NAME, load_run, read_run_config, train
+from mplp.meta.trainer import CONFIG_NAME, METRICS_NAME, load_run, read_run_config, train
 from mplp.pretrained import pretrained_dir
 from mplp.tasks.mnist_io import MnistDataError
 
 PROGRAM = "mplp"
 EVALUATION_JSON = "evaluation.json"
 EVALUATION_PNG = "evaluation.png"
+CURVE_PNG = "meta-training.png"
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 # The shell convention for a process ended by SIGINT: 128 + 2.
@@ -214,6 +216,25 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser.add_argument("--data-dir", type=Path, help="folder with the MNIST .gz files")
     sweep_parser.add_argument("--out", type=Path, help="also write the losses to this JSON file")
     sweep_parser.set_defaults(handler=run_sweep)
+
+    curve_parser = commands.add_parser(
+        "curve",
+        help="plot the meta-training losses of a run",
+        description=f"Plot the meta-loss, cross-validation loss and hint loss per meta-step "
+        f"from a run folder's {METRICS_NAME}, with their moving averages. Works while the "
+        "run is still training.",
+    )
+    curve_parser.add_argument("run_dir", type=Path, help="run folder of 'mplp train'")
+    curve_parser.add_argument(
+        "--out", type=Path, help=f"PNG file to write (default: {CURVE_PNG} in the run folder)"
+    )
+    curve_parser.add_argument(
+        "--window",
+        type=_positive_int,
+        default=50,
+        help="meta-steps per moving average (default: %(default)s)",
+    )
+    curve_parser.set_defaults(handler=run_curve)
 
     experiments_parser = commands.add_parser(
         "experiments",
@@ -385,6 +406,21 @@ def format_sweep(
             cells.append("" if loss is None else f"{_format_loss(loss)}{mark}")
         lines.append(f"| {rate:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def run_curve(args: argparse.Namespace) -> int:
+    """Plot the meta-training losses of the run in ``args.run_dir``."""
+    config = read_run_config(args.run_dir)
+    out = args.out or args.run_dir / CURVE_PNG
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = plot_meta_training(
+        args.run_dir / METRICS_NAME,
+        out,
+        window=args.window,
+        title=f"meta-training of {config.name}",
+    )
+    logger.info("wrote %s", path)
+    return 0
 
 
 def run_experiments(args: argparse.Namespace) -> int:

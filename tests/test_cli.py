@@ -14,11 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import pytest
 
 from mplp import pretrained
 from mplp.cli import main
 from mplp.meta.config import EXPERIMENTS, ConfigError
+from mplp.meta.figures import _moving_average, plot_meta_training
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -381,3 +383,57 @@ def test_sweep_rejects_invalid_rate(rate: str, capsys: pytest.CaptureFixture[str
     lines = error_lines(capsys)
     assert len(lines) == 1
     assert "--rates" in lines[0]
+
+
+# Meta-training curve.
+
+
+def test_curve_writes_png(tiny_run: TinyRun, tmp_path: Path) -> None:
+    out = tmp_path / "curve.png"
+    status = main(["curve", str(tiny_run.run_dir), "--out", str(out), "--window", "2"])
+    assert status == 0
+    assert out.read_bytes().startswith(b"\x89PNG")
+
+
+def test_curve_default_in_run_folder(tiny_run: TinyRun) -> None:
+    assert main(["curve", str(tiny_run.run_dir)]) == 0
+    assert (tiny_run.run_dir / "meta-training.png").is_file()
+
+
+def test_curve_missing_run_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["curve", str(tmp_path / "nothing")]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1
+    assert "nothing" in lines[0]
+
+
+def test_moving_average_skips_nan() -> None:
+    steps = np.arange(1, 6)
+    values = np.array([1.0, np.nan, 3.0, 5.0, 7.0])
+    ends, means = _moving_average(steps, values, 2)
+    np.testing.assert_array_equal(ends, [2, 3, 4, 5])
+    np.testing.assert_allclose(means, [1.0, 3.0, 4.0, 6.0])
+
+
+def test_moving_average_short_series() -> None:
+    ends, means = _moving_average(np.arange(1, 4), np.array([1.0, 2.0, 3.0]), 50)
+    np.testing.assert_array_equal(ends, [3])
+    np.testing.assert_allclose(means, [2.0])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("", "no meta-steps"), ("\n\n", "no meta-steps"), ("{not json\n", "not a JSON line")],
+)
+def test_plot_meta_training_rejects_bad_file(tmp_path: Path, content: str, message: str) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        plot_meta_training(metrics, tmp_path / "curve.png")
+
+
+def test_plot_meta_training_rejects_window(tmp_path: Path) -> None:
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"step": 1, "meta_loss": 1.0}) + "\n")
+    with pytest.raises(ConfigError, match="window"):
+        plot_meta_training(metrics, tmp_path / "curve.png", window=0)

@@ -6,11 +6,12 @@ the Agg backend and never open a window or change the caller's pyplot backend.
 Sinusoid figures have one column per method: the example run's fit on top and the mean and
 standard deviation over runs of the evaluation and training losses below. MNIST figures show the
 accuracy and the training loss per step of every method, each with a band of one standard
-deviation.
+deviation. The meta-training figure shows the losses of a run's ``metrics.jsonl`` per meta-step.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from mplp.meta.config import ConfigError
 from mplp.meta.evaluation import ACCURACY_METRIC, EvaluationResult, MethodResult
 
 DPI = 120
@@ -41,6 +43,88 @@ def plot_evaluation(result: EvaluationResult, path: str | Path) -> Path:
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=DPI, format="png")
     return path
+
+
+def plot_meta_training(
+    metrics_path: str | Path, path: str | Path, window: int = 50, title: str | None = None
+) -> Path:
+    """Draw the meta-training losses of a run's ``metrics.jsonl`` and write them as PNG.
+
+    Every meta-step's value is drawn faintly, with its moving average over ``window``
+    meta-steps on top, for the meta-loss, the cross-validation loss and the hint loss (those
+    present in the file). Skipped updates are drawn like the others.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ConfigError: when the file is missing, has no metric lines, or ``window < 1``.
+    """
+    if window < 1:
+        raise ConfigError(f"window must be at least 1 meta-step, got {window}")
+    records = _read_metrics(Path(metrics_path))
+
+    figure = Figure(figsize=(7.0, 4.5), layout="tight")
+    ax = figure.subplots()
+    colors = matplotlib.colormaps["tab10"]
+    names = [name for name in _TRAINING_CURVES if name in records[0]]
+    for index, name in enumerate(names):
+        steps = np.array([record["step"] for record in records])
+        values = np.array([record[name] for record in records], dtype=np.float64)
+        color = colors(index % 10)
+        ax.plot(steps, values, color=color, alpha=_BAND_ALPHA, linewidth=0.8)
+        smoothed_steps, smoothed = _moving_average(steps, values, window)
+        ax.plot(smoothed_steps, smoothed, color=color, label=f"{name} ({window}-step mean)")
+
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize="small")
+    figure.suptitle(title or f"meta-training of {Path(metrics_path).parent.name}")
+
+    path = Path(path)
+    FigureCanvasAgg(figure)
+    figure.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+_TRAINING_CURVES = ("meta_loss", "cv_loss", "hint_loss")
+
+
+def _read_metrics(path: Path) -> list[dict[str, float]]:
+    """Read the JSON lines of a metrics file, skipping blank lines."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise ConfigError(f"cannot read metrics file {path}: {error.strerror}") from None
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ConfigError(
+                f"{path}:{number} is not a JSON line; is this a metrics file?"
+            ) from None
+    if not records:
+        raise ConfigError(f"{path} has no meta-steps yet")
+    return records
+
+
+def _moving_average(
+    steps: np.ndarray, values: np.ndarray, window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average ``values`` over each full window; returns the window ends and the means.
+
+    With fewer values than ``window``, the window shrinks to all of them. Non-finite values
+    (a skipped update's loss) are left out of each mean.
+    """
+    window = min(window, values.shape[0])
+    finite = np.isfinite(values)
+    totals = np.convolve(np.where(finite, values, 0.0), np.ones(window), mode="valid")
+    counts = np.convolve(finite.astype(np.float64), np.ones(window), mode="valid")
+    means = np.divide(totals, counts, out=np.full_like(totals, np.nan), where=counts > 0)
+    return steps[window - 1 :], means
 
 
 def _sinusoid_figure(result: EvaluationResult) -> Figure:
