@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_parser.add_argument("--seed", type=int, help="random seed (overrides seed)")
     train_parser.add_argument(
+        "--keep-every",
+        type=_positive_int,
+        metavar="N",
+        help="also keep checkpoint-STEP.npz every N meta-steps (overrides keep_every)",
+    )
+    train_parser.add_argument(
         "--resume",
         action="store_true",
         help="continue the run in --out from its last checkpoint; --steps may extend it",
@@ -150,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", type=_positive_int, help="evaluation runs (default: evaluation_runs of the run)"
     )
     evaluate_parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    evaluate_parser.add_argument(
+        "--step",
+        type=_positive_int,
+        help="evaluate the checkpoint kept at this meta-step (see --keep-every) instead of "
+        "the latest",
+    )
     evaluate_parser.add_argument("--data-dir", type=Path, help="folder with the MNIST .gz files")
     evaluate_parser.add_argument(
         "--pretrained", metavar="NAME", help="evaluate a pretrained learner shipped with mplp"
@@ -283,6 +295,8 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = get_experiment(args.experiment)
         config = _with_overrides(config, steps=args.steps, seed=args.seed)
+    if args.keep_every is not None:
+        config = config.model_copy(update={"keep_every": args.keep_every})
 
     action = "resuming" if args.resume else "training"
     logger.info(
@@ -308,7 +322,7 @@ def run_train(args: argparse.Namespace) -> int:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a run folder or a pretrained learner and write the results."""
     source, out_dir = _evaluation_folders(args)
-    config, step, meta_state = load_run(source, data_dir=args.data_dir)
+    config, step, meta_state = load_run(source, data_dir=args.data_dir, step=args.step)
     if args.baseline:
         config = config.model_copy(update={"baselines": tuple(args.baseline)})
     # Checked before the first evaluation, so an invalid transfer fails at once.

@@ -22,6 +22,8 @@ from mplp.meta.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
+    snapshot_checkpoint,
+    snapshot_steps,
 )
 
 
@@ -267,6 +269,50 @@ def test_other_processes_skip_writing(tmp_path: Path, monkeypatch: pytest.Monkey
 
     assert path == tmp_path / "run" / CHECKPOINT_NAME
     assert not path.exists()
+
+
+# Kept copies.
+
+
+def test_snapshot_survives_later_saves(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, 2, make_tree(), {"index": 2})
+    kept = snapshot_checkpoint(tmp_path, 2)
+    save_checkpoint(tmp_path, 3, make_tree(offset=1.0), {"index": 3})
+
+    step, tree, metadata = load_checkpoint(kept)
+
+    assert kept.name == "checkpoint-0000002.npz"
+    assert step == 2
+    assert metadata == {"index": 2}
+    assert_trees_equal(tree, make_tree())
+
+
+def test_snapshot_copies_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def reject_link(source: Any, target: Any) -> None:
+        raise OSError("hard links are not supported")
+
+    save_checkpoint(tmp_path, 5, make_tree(), {})
+    monkeypatch.setattr(os, "link", reject_link)
+    kept = snapshot_checkpoint(tmp_path, 5)
+
+    assert load_checkpoint(kept)[0] == 5
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
+
+
+def test_snapshot_without_checkpoint_raises(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no checkpoint.npz"):
+        snapshot_checkpoint(tmp_path, 1)
+
+
+def test_snapshot_steps_sorted(tmp_path: Path) -> None:
+    save_checkpoint(tmp_path, 1, make_tree(), {})
+    for step in (30, 4, 100):
+        snapshot_checkpoint(tmp_path, step)
+    (tmp_path / "checkpoint-latest.npz").write_bytes(b"")
+
+    assert snapshot_steps(tmp_path) == (4, 30, 100)
 
 
 # Atomicity.

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import numpy as np
 import pytest
 
@@ -21,6 +22,7 @@ from mplp import pretrained
 from mplp.cli import main
 from mplp.meta.config import EXPERIMENTS, ConfigError
 from mplp.meta.figures import _moving_average, plot_meta_training
+from mplp.meta.trainer import load_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -437,3 +439,52 @@ def test_plot_meta_training_rejects_window(tmp_path: Path) -> None:
     metrics.write_text(json.dumps({"step": 1, "meta_loss": 1.0}) + "\n")
     with pytest.raises(ConfigError, match="window"):
         plot_meta_training(metrics, tmp_path / "curve.png", window=0)
+
+
+# Kept checkpoints.
+
+
+@pytest.fixture(scope="module")
+def kept_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train the tiny configuration for 4 meta-steps, keeping every second checkpoint."""
+    root = tmp_path_factory.mktemp("kept")
+    config_path = root / "tiny.json"
+    config_path.write_text(json.dumps(TINY_CONFIG))
+    run_dir = root / "run"
+    arguments = ["--out", str(run_dir), "--steps", "4", "--keep-every", "2"]
+    assert main(["train", str(config_path), *arguments]) == 0
+    return run_dir
+
+
+def test_keep_every_writes_copies(kept_run: Path) -> None:
+    assert (kept_run / "checkpoint-0000002.npz").is_file()
+    assert (kept_run / "checkpoint-0000004.npz").is_file()
+    assert not (kept_run / "checkpoint-0000003.npz").exists()
+    assert json.loads((kept_run / "config.json").read_text())["keep_every"] == 2
+
+
+def test_load_run_kept_step(kept_run: Path) -> None:
+    _, step, early = load_run(kept_run, step=2)
+    _, latest_step, latest = load_run(kept_run)
+    assert step == 2
+    assert latest_step == 4
+    early_leaves = jax.tree.leaves(early.trainable)
+    latest_leaves = jax.tree.leaves(latest.trainable)
+    assert any(not np.array_equal(a, b) for a, b in zip(early_leaves, latest_leaves, strict=True))
+
+
+def test_evaluate_kept_step(kept_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "step2"
+    status = main(["evaluate", str(kept_run), "--step", "2", "--runs", "1", "--out", str(out)])
+    assert status == 0
+    assert (out / "evaluation.json").is_file()
+
+
+def test_evaluate_missing_step_lists_kept(
+    kept_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["evaluate", str(kept_run), "--step", "3"]) == 2
+    lines = error_lines(capsys)
+    assert len(lines) == 1
+    assert "meta-step 3" in lines[0]
+    assert "kept steps: 2, 4" in lines[0]

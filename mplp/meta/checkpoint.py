@@ -322,6 +322,56 @@ def _keep_previous_checkpoint(directory: Path) -> None:
         staging_path.unlink(missing_ok=True)
 
 
+def snapshot_name(step: int) -> str:
+    """Return the file name of the kept copy of the checkpoint of ``step``."""
+    return f"checkpoint-{_validate_step(step):07d}.npz"
+
+
+def snapshot_checkpoint(directory: str | os.PathLike[str], step: int) -> Path:
+    """Keep a copy of ``directory/checkpoint.npz`` as ``checkpoint-STEP.npz``.
+
+    Later saves replace ``checkpoint.npz`` but leave the copy, so an earlier state of a run
+    can be evaluated or resumed from. The copy is a hard link where the file system allows
+    (no extra space) and is moved into place with ``os.replace``, so a crash leaves either
+    no copy or a complete one. Only process 0 writes, as in `save_checkpoint`.
+
+    Returns:
+        The path of the copy.
+
+    Raises:
+        CheckpointError: when ``directory`` has no ``checkpoint.npz``.
+    """
+    directory = Path(directory)
+    target_path = directory / snapshot_name(step)
+    if jax.process_index() != 0:
+        return target_path
+
+    current_path = directory / CHECKPOINT_NAME
+    if not current_path.is_file():
+        raise CheckpointError(f"no {CHECKPOINT_NAME} in {directory} to keep a copy of")
+    staging_path = directory / f".{target_path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        try:
+            os.link(current_path, staging_path)
+        except OSError:
+            shutil.copyfile(current_path, staging_path)
+        os.replace(staging_path, target_path)
+    finally:
+        staging_path.unlink(missing_ok=True)
+    _fsync_directory(directory)
+    return target_path
+
+
+def snapshot_steps(directory: str | os.PathLike[str]) -> tuple[int, ...]:
+    """Return the steps of the checkpoint copies kept in ``directory``, sorted."""
+    steps = []
+    for path in Path(directory).glob("checkpoint-*.npz"):
+        digits = path.stem.removeprefix("checkpoint-")
+        if digits.isdigit():
+            steps.append(int(digits))
+    return tuple(sorted(steps))
+
+
 def _fsync_directory(directory: Path) -> None:
     """Flush the directory entry changes made by ``os.replace`` to disk (POSIX only)."""
     if os.name != "posix":

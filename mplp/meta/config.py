@@ -89,6 +89,9 @@ class ExperimentConfig(_Frozen):
     calibration_runs: int = Field(4, ge=1, description="inner runs per calibration round")
     seed: int = 0
     checkpoint_every: int = Field(100, ge=1)
+    keep_every: int | None = Field(
+        None, ge=1, description="also keep checkpoint-STEP.npz every this many meta-steps"
+    )
     log_every: int = Field(10, ge=1)
     max_nonfinite: int = Field(10, ge=1, description="skipped updates in a row before stopping")
     evaluation_runs: int = Field(100, ge=1)
@@ -165,6 +168,9 @@ MNIST = ExperimentConfig(
     calibration_rounds=5,
     calibration_runs=1,
     checkpoint_every=50,
+    # The cross-validation loss of this experiment can rise again late in a run while the
+    # accuracy still improves, so earlier states are kept for evaluation.
+    keep_every=100,
     # The paper's rates (SGD 0.1, Adam 0.01) and the best of `mplp sweep mnist` (100 runs per
     # rate, rates 1e-3 to 3 in half decades): SGD 1 and Adam 0.03.
     baselines=(

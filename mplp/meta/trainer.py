@@ -25,7 +25,14 @@ from jax.sharding import Mesh
 
 from mplp import learners
 from mplp.meta import distributed
-from mplp.meta.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from mplp.meta.checkpoint import (
+    CHECKPOINT_NAME,
+    load_checkpoint,
+    save_checkpoint,
+    snapshot_checkpoint,
+    snapshot_name,
+    snapshot_steps,
+)
 from mplp.meta.config import ConfigError, ExperimentConfig, parse_config
 from mplp.meta.objective import mean_metrics, task_loss
 from mplp.meta.optim import SkippedUpdateCounter, guarded_update, meta_optimizer
@@ -36,7 +43,14 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 METRICS_NAME = "metrics.jsonl"
-RESUME_ADJUSTABLE = ("meta_steps", "remat", "checkpoint_every", "log_every", "evaluation_runs")
+RESUME_ADJUSTABLE = (
+    "meta_steps",
+    "remat",
+    "checkpoint_every",
+    "keep_every",
+    "log_every",
+    "evaluation_runs",
+)
 """Settings a resumed run may change: none of them alters the computed metrics."""
 
 
@@ -299,12 +313,15 @@ def train(
             counter.record(applied_flag, step + 1)
 
             done = step + 1
-            if done % config.checkpoint_every == 0 or done == config.meta_steps:
+            keep = config.keep_every is not None and done % config.keep_every == 0
+            if done % config.checkpoint_every == 0 or done == config.meta_steps or keep:
                 metrics_file.flush()
                 if distributed.is_main_process():
                     # fsync of the null device fails with EINVAL.
                     os.fsync(metrics_file.fileno())
                 _save(out, done, meta_state, config)
+            if keep:
+                snapshot_checkpoint(out, done)
             if done % config.log_every == 0 or done == config.meta_steps:
                 _log_progress(done, start, config.meta_steps, started, metrics)
 
@@ -317,21 +334,37 @@ def train(
 
 
 def load_run(
-    out_dir: str | Path, data_dir: str | Path | None = None
+    out_dir: str | Path, data_dir: str | Path | None = None, step: int | None = None
 ) -> tuple[ExperimentConfig, int, MetaState]:
-    """Read a run folder's configuration and latest checkpoint (no calibration).
+    """Read a run folder's configuration and a checkpoint (no calibration).
 
     Building the experiment loads the MNIST files of an MNIST run from ``data_dir``
     (``MPLP_DATA_DIR`` or the download cache when None).
 
+    Args:
+        out_dir: The run folder.
+        data_dir: Folder with the MNIST files, for MNIST runs.
+        step: Read the copy kept at this meta-step (``checkpoint-STEP.npz``, see
+            ``keep_every``) instead of the latest checkpoint.
+
     Raises:
-        ConfigError: when the folder is missing or is not a run folder.
+        ConfigError: when the folder is missing or is not a run folder, or when no copy was
+            kept at ``step``; the message lists the kept steps.
     """
     out = Path(out_dir)
     config = read_run_config(out)
+    source: Path = out
+    if step is not None:
+        source = out / snapshot_name(step)
+        if not source.is_file():
+            kept = ", ".join(str(kept_step) for kept_step in snapshot_steps(out)) or "none"
+            raise ConfigError(
+                f"{out} has no checkpoint kept at meta-step {step}; kept steps: {kept} "
+                "(set keep_every in the experiment to keep them)"
+            )
     experiment = build_experiment(config, data_dir)
     like = initial_meta_state(experiment, run_keys(config.seed), calibrate=False)
-    step, tree, _ = load_checkpoint(out, like=_checkpoint_tree(like))
+    step, tree, _ = load_checkpoint(source, like=_checkpoint_tree(like))
     return config, step, MetaState(tree["trainable"], tree["frozen"], tree["opt_state"])
 
 
