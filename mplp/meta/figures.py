@@ -104,7 +104,7 @@ def _read_metrics(path: Path) -> list[dict[str, float]]:
             records.append(json.loads(line))
         except json.JSONDecodeError:
             raise ConfigError(
-                f"{path}:{number} is not a JSON line; is this a metrics file?"
+                f"{path}:{number} is not a JSON line: expected the metrics.jsonl of a run"
             ) from None
     if not records:
         raise ConfigError(f"{path} has no meta-steps yet")

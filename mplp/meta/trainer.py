@@ -357,9 +357,9 @@ def load_run(
     if step is not None:
         source = out / snapshot_name(step)
         if not source.is_file():
-            kept = ", ".join(str(kept_step) for kept_step in snapshot_steps(out)) or "none"
+            kept_steps = ", ".join(str(kept) for kept in snapshot_steps(out)) or "none"
             raise ConfigError(
-                f"{out} has no checkpoint kept at meta-step {step}; kept steps: {kept} "
+                f"{out} has no checkpoint kept at meta-step {step}; kept steps: {kept_steps} "
                 "(set keep_every in the experiment to keep them)"
             )
     experiment = build_experiment(config, data_dir)
