@@ -379,7 +379,8 @@ def test_evaluate_mnist_accuracy(mnist_dir: Path) -> None:
     experiment = build_experiment(tiny_mnist_config(), mnist_dir)
     result = evaluate(experiment, untrained(experiment), runs=2, data_dir=mnist_dir)
 
-    assert result.labels == (MPLP_LABEL, "SGD lr 0.1", "Adam lr 0.01")
+    expected = (MPLP_LABEL, "SGD lr 0.1", "SGD lr 1", "Adam lr 0.01", "Adam lr 0.03")
+    assert result.labels == expected
     assert result.settings.metric == ACCURACY_METRIC
     assert result.settings.test_images == 100
     assert result.example is None
