@@ -276,12 +276,12 @@ def test_other_processes_skip_writing(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_snapshot_survives_later_saves(tmp_path: Path) -> None:
     save_checkpoint(tmp_path, 2, make_tree(), {"index": 2})
-    kept = snapshot_checkpoint(tmp_path, 2)
+    kept_path = snapshot_checkpoint(tmp_path, 2)
     save_checkpoint(tmp_path, 3, make_tree(offset=1.0), {"index": 3})
 
-    step, tree, metadata = load_checkpoint(kept)
+    step, tree, metadata = load_checkpoint(kept_path)
 
-    assert kept.name == "checkpoint-0000002.npz"
+    assert kept_path.name == "checkpoint-0000002.npz"
     assert step == 2
     assert metadata == {"index": 2}
     assert_trees_equal(tree, make_tree())
@@ -295,9 +295,9 @@ def test_snapshot_copies_without_hard_links(
 
     save_checkpoint(tmp_path, 5, make_tree(), {})
     monkeypatch.setattr(os, "link", reject_link)
-    kept = snapshot_checkpoint(tmp_path, 5)
+    kept_path = snapshot_checkpoint(tmp_path, 5)
 
-    assert load_checkpoint(kept)[0] == 5
+    assert load_checkpoint(kept_path)[0] == 5
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".tmp")]
 
 

@@ -307,17 +307,26 @@ def _keep_previous_checkpoint(directory: Path) -> None:
     if not current_path.exists():
         return
 
-    staging_path = directory / f".{PREVIOUS_CHECKPOINT_NAME}.{uuid.uuid4().hex}.tmp"
+    _copy_atomically(current_path, directory / PREVIOUS_CHECKPOINT_NAME)
+
+
+def _copy_atomically(source_path: Path, target_path: Path) -> None:
+    """Make ``target_path`` a copy of ``source_path`` that appears complete or not at all.
+
+    The copy is a hard link where the file system allows, and a fsynced byte copy otherwise.
+    It is staged under a temporary name in the target's folder and moved with ``os.replace``.
+    """
+    staging_path = target_path.parent / f".{target_path.name}.{uuid.uuid4().hex}.tmp"
     try:
         try:
-            os.link(current_path, staging_path)
+            os.link(source_path, staging_path)
         except OSError:
             # Some file systems have no hard links, so copy the bytes instead.
-            shutil.copyfile(current_path, staging_path)
+            shutil.copyfile(source_path, staging_path)
             with open(staging_path, "rb+") as staging_file:
                 os.fsync(staging_file.fileno())
 
-        os.replace(staging_path, directory / PREVIOUS_CHECKPOINT_NAME)
+        os.replace(staging_path, target_path)
     finally:
         staging_path.unlink(missing_ok=True)
 
@@ -331,9 +340,10 @@ def snapshot_checkpoint(directory: str | os.PathLike[str], step: int) -> Path:
     """Keep a copy of ``directory/checkpoint.npz`` as ``checkpoint-STEP.npz``.
 
     Later saves replace ``checkpoint.npz`` but leave the copy, so an earlier state of a run
-    can be evaluated or resumed from. The copy is a hard link where the file system allows
-    (no extra space) and is moved into place with ``os.replace``, so a crash leaves either
-    no copy or a complete one. Only process 0 writes, as in `save_checkpoint`.
+    can still be evaluated (`mplp.meta.trainer.load_run` with ``step``). The copy is a hard
+    link where the file system allows (no extra space) and is moved into place with
+    ``os.replace``, so a crash leaves either no copy or a complete one. Only process 0
+    writes, as in `save_checkpoint`.
 
     Returns:
         The path of the copy.
@@ -349,15 +359,7 @@ def snapshot_checkpoint(directory: str | os.PathLike[str], step: int) -> Path:
     current_path = directory / CHECKPOINT_NAME
     if not current_path.is_file():
         raise CheckpointError(f"no {CHECKPOINT_NAME} in {directory} to keep a copy of")
-    staging_path = directory / f".{target_path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        try:
-            os.link(current_path, staging_path)
-        except OSError:
-            shutil.copyfile(current_path, staging_path)
-        os.replace(staging_path, target_path)
-    finally:
-        staging_path.unlink(missing_ok=True)
+    _copy_atomically(current_path, target_path)
     _fsync_directory(directory)
     return target_path
 

@@ -348,8 +348,8 @@ def load_run(
             ``keep_every``) instead of the latest checkpoint.
 
     Raises:
-        ConfigError: when the folder is missing or is not a run folder, or when no copy was
-            kept at ``step``; the message lists the kept steps.
+        ConfigError: when the folder is missing or is not a run folder. Also when no copy
+            was kept at ``step``, with the kept steps in the message.
     """
     out = Path(out_dir)
     config = read_run_config(out)
